@@ -1,0 +1,40 @@
+"""tripletkit: triplet losses, miners, samplers and schedulers for metric learning.
+
+>>> from tripletkit import BatchHardLoss
+>>> loss_fn = BatchHardLoss(margin=0.2, margin_fn="hinge", distance="euclidean")
+"""
+
+from .distances import DISTANCES, CosineDistance, Distance, EuclideanDistance, SquaredEuclideanDistance
+from .functional.miners import Triplets
+from .losses import LOSSES, BatchAllLoss, BatchHardLoss, TripletLoss
+from .margins import MARGINS, HingeMargin, MarginFunction, SoftplusMargin
+from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner
+from .registry import Registry, UnknownNameError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DISTANCES",
+    "LOSSES",
+    "MARGINS",
+    "MINERS",
+    "BatchAllLoss",
+    "BatchAllMiner",
+    "BatchHardLoss",
+    "BatchHardMiner",
+    "CosineDistance",
+    "Distance",
+    "EuclideanDistance",
+    "HingeMargin",
+    "MarginFunction",
+    "Miner",
+    "OfflineMiner",
+    "RandomMiner",
+    "Registry",
+    "SoftplusMargin",
+    "SquaredEuclideanDistance",
+    "TripletLoss",
+    "Triplets",
+    "UnknownNameError",
+    "__version__",
+]

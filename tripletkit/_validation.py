@@ -1,0 +1,92 @@
+"""Input checks shared by the functional core and the modules.
+
+The checks that need the tensor's values (NaN/inf) synchronise with the device, so they are skipped while
+``torch.compile`` traces and can be switched off with ``validate=False`` in a hot loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def check_embeddings(embeddings: object, *, name: str = "embeddings", min_rows: int = 2, values: bool = True) -> Tensor:
+    """Check a (N, D) floating-point tensor with N >= ``min_rows`` and finite values."""
+    if not isinstance(embeddings, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
+    if not embeddings.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {embeddings.dtype}")
+    if embeddings.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, D), got shape {tuple(embeddings.shape)}")
+    if embeddings.shape[0] < min_rows:
+        raise ValueError(
+            f"{name} has {embeddings.shape[0]} row(s); at least {min_rows} are needed to form a pair"
+            if min_rows == 2
+            else f"{name} has {embeddings.shape[0]} row(s); at least {min_rows} are needed"
+        )
+    if embeddings.shape[1] < 1:
+        raise ValueError(f"{name} has no dimensions (shape {tuple(embeddings.shape)})")
+    if values and not _compiling() and not bool(torch.isfinite(embeddings).all()):
+        n_nan = int(torch.isnan(embeddings).sum())
+        n_inf = int(torch.isinf(embeddings).sum())
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
+    return embeddings
+
+
+def check_labels(labels: object, n: int, *, device: torch.device | None = None, name: str = "labels") -> Tensor:
+    """Check a 1-D integer tensor of length ``n``; returns it on ``device``."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(labels).__name__}")
+    if labels.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has length {labels.shape[0]} but the embeddings have {n} rows")
+    if device is not None and labels.device != device:
+        labels = labels.to(device)
+    return labels
+
+
+def check_distance_matrix(dist: object, *, name: str = "distance matrix", values: bool = True) -> Tensor:
+    if not isinstance(dist, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(dist).__name__}")
+    if not dist.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {dist.dtype}")
+    if dist.dim() != 2 or dist.shape[0] != dist.shape[1]:
+        raise ValueError(f"{name} must be square (N, N), got shape {tuple(dist.shape)}")
+    if values and not _compiling() and not bool(torch.isfinite(dist).all()):
+        raise ValueError(f"{name} contains non-finite values")
+    return dist
+
+
+def check_margin(margin: object, *, name: str = "margin") -> float:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(margin).__name__}")
+    margin = float(margin)
+    if not math.isfinite(margin):
+        raise ValueError(f"{name} must be finite, got {margin}")
+    if margin < 0:
+        raise ValueError(f"{name} must be >= 0, got {margin}")
+    return margin
+
+
+def compute_dtype(x: Tensor) -> Tensor:
+    """Half-precision embeddings are computed in float32: distances near zero need the mantissa."""
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,102 @@
+"""Registered distances (``DISTANCES``): ``euclidean``, ``sqeuclidean``, ``cosine``.
+
+Each is a small stateless object with three views of the same distance, used by the losses and miners:
+
+* ``matrix(x, y=None)``: the (N, M) matrix, differentiable, accurate near zero (see
+  :mod:`tripletkit.functional.distances`);
+* ``paired(x, y)``: row-wise distances from the differences, exact near zero;
+* ``ranking(x)``: a cheap no-gradient matrix that orders each row like the distance, for mining.
+
+Example::
+
+    >>> import torch
+    >>> from tripletkit import DISTANCES
+    >>> d = DISTANCES.build("euclidean")
+    >>> d.matrix(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[0., 5.],
+            [5., 0.]])
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .functional import distances as F
+from .registry import Registry
+
+__all__ = ["DISTANCES", "Distance", "EuclideanDistance", "SquaredEuclideanDistance", "CosineDistance"]
+
+DISTANCES: Registry["Distance"] = Registry("distance")
+
+
+class Distance:
+    """Base class; subclasses implement ``matrix``, ``paired`` and ``ranking``."""
+
+    registry_name = ""
+
+    def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def paired(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.matrix(x).detach()
+        return m, m.new_zeros(m.shape[0])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+@DISTANCES.register("euclidean")
+class EuclideanDistance(Distance):
+    """``||x − y||`` (plain, not squared); gradient 0 where two points coincide."""
+
+    registry_name = "euclidean"
+
+    def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return F.euclidean_matrix(x, y)
+
+    def paired(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.euclidean_paired(x, y)
+
+    def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return F.squared_euclidean_ranking(x)
+
+
+@DISTANCES.register("sqeuclidean")
+class SquaredEuclideanDistance(Distance):
+    """``||x − y||²``."""
+
+    registry_name = "sqeuclidean"
+
+    def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return F.squared_euclidean_matrix(x, y)
+
+    def paired(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.squared_euclidean_paired(x, y)
+
+    def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return F.squared_euclidean_ranking(x)
+
+
+@DISTANCES.register("cosine")
+class CosineDistance(Distance):
+    """``1 − cos(x, y)`` in [0, 2]; a zero vector is at distance 1 from everything but itself."""
+
+    registry_name = "cosine"
+
+    def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return F.cosine_matrix(x, y)
+
+    def paired(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.cosine_paired(x, y)
+
+    def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return F.cosine_ranking(x)

@@ -1,0 +1,208 @@
+"""Triplet losses as pure functions: embeddings + labels (or mined triplets) → scalar.
+
+Notation: ``d`` is the chosen distance (plain Euclidean by default, never squared or normalised unless asked),
+``h`` the margin function with margin ``m`` (``h(gap) = [m + gap]₊`` or ``ln(1 + exp(m + gap))``).
+
+* :func:`triplet_margin_loss`: ``h(d(a, p) − d(a, n))`` for given index triplets.
+* :func:`batch_hard_triplet_loss`: Hermans et al. 2017, eq. 5:
+  ``L_BH = 1/|A| Σ_{a ∈ A} h( max_{p ∈ P(a)} d(a, p) − min_{n ∈ N(a)} d(a, n) )``, where ``A`` are the anchors that
+  have at least one positive and one negative (others are left out of the sum and the denominator).
+* :func:`batch_all_triplet_loss`: Hermans et al. 2017, eq. 6: ``Σ_{(a,p,n) valid} h(d(a, p) − d(a, n))`` divided by
+  the number of valid triplets (``mean``) or of triplets with positive loss (``mean_active``).
+
+Half-precision embeddings are computed in float32; the result is float32 (float64 for float64 input).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import _compiling, compute_dtype
+from .miners import Triplets, batch_hard_triplets, label_masks, random_triplets
+from .reductions import reduce_losses
+from .types import DistanceLike, MarginLike
+
+__all__ = [
+    "triplet_margin_loss",
+    "batch_hard_triplet_loss",
+    "random_triplet_loss",
+    "batch_all_triplet_loss",
+    "BatchAllStats",
+]
+
+
+def triplet_margin_loss(
+    embeddings: Tensor,
+    triplets: Triplets,
+    *,
+    distance: DistanceLike,
+    margin_fn: MarginLike,
+    reduction: str = "mean",
+    swap: bool = False,
+) -> Tensor:
+    """Loss of explicit index triplets into ``embeddings``; rows with ``valid = False`` are left out.
+
+    ``swap=True`` uses ``min(d(a, n), d(p, n))`` as the negative distance (Balntas et al. 2016). Triplets whose
+    ``swap`` field is set (batch-hard with swap) already say which pair to use, and ``swap`` is then ignored.
+    Distances are recomputed from the row differences, so they are exact near zero and the backward pass costs
+    O(T·D), whatever produced the indices.
+    """
+    x = compute_dtype(embeddings)
+    xa = x.index_select(0, triplets.anchor)
+    xp = x.index_select(0, triplets.positive)
+    xn = x.index_select(0, triplets.negative)
+    d_ap = distance.paired(xa, xp)
+    d_an = distance.paired(xa, xn)
+    if triplets.swap is not None:
+        d_an = torch.where(triplets.swap, distance.paired(xp, xn), d_an)
+    elif swap:
+        d_an = torch.minimum(d_an, distance.paired(xp, xn))
+    return reduce_losses(margin_fn(d_ap - d_an), triplets.valid, reduction)
+
+
+def batch_hard_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    distance: DistanceLike,
+    margin_fn: MarginLike,
+    reduction: str = "mean",
+    swap: bool = False,
+) -> Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017), one term per anchor with a positive and a negative.
+
+    Mining runs without gradient on an O(N²) ranking matrix; the loss then recomputes the 2N chosen distances from
+    the embeddings, which is what the max/min's gradient touches anyway. ``swap`` is HardNet's anchor swap: the
+    negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
+    """
+    x = compute_dtype(embeddings)
+    with torch.no_grad():
+        ranking, offset = distance.ranking(x.detach())
+        triplets = batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
+    return triplet_margin_loss(x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction)
+
+
+def random_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    distance: DistanceLike,
+    margin_fn: MarginLike,
+    reduction: str = "mean",
+    swap: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One uniformly random valid triplet per anchor (the random-triplet baseline)."""
+    triplets = random_triplets(labels, generator=generator)
+    return triplet_margin_loss(embeddings, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap)
+
+
+class BatchAllStats(dict):
+    """``num_triplets`` (valid), ``num_active`` (loss > 0; only counted for ``mean_active`` or on request)."""
+
+
+class _BatchAllSum(torch.autograd.Function):
+    """Σ h(d_ap + m − d_an) over all valid triplets, streamed over anchor blocks, with an O(N²) backward.
+
+    The gradient of the sum with respect to the distance matrix is accumulated in the forward pass:
+    ``∂/∂D[a, p] = Σ_n h'(t_apn)`` and ``∂/∂D[a, n] = −Σ_p h'(t_apn)``, so no per-triplet tensor is kept.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        dist: Tensor,
+        pos_index: Tensor,
+        pos_valid: Tensor,
+        neg_mask: Tensor,
+        margin_fn: MarginLike,
+        count_active: bool,
+        block_rows: int,
+    ) -> tuple[Tensor, Tensor]:
+        n = dist.shape[0]
+        d_ap = dist.gather(1, pos_index).add_(margin_fn.margin).masked_fill_(~pos_valid, float("-inf"))
+        # -inf positives and +inf negatives make every invalid t = -inf, where h and h' are both exactly 0.
+        d_an = dist.masked_fill(~neg_mask, float("inf"))
+        grad = torch.zeros_like(dist)
+        total = dist.new_zeros(())
+        active = torch.zeros((), dtype=torch.int64, device=dist.device)
+        for r0 in range(0, n, block_rows):
+            r1 = min(n, r0 + block_rows)
+            t = d_ap[r0:r1, :, None] - d_an[r0:r1, None, :]
+            value = margin_fn.activation(t)
+            total += value.sum()
+            if count_active:
+                active += (value > 0).sum()
+            del value
+            g = margin_fn.activation_grad(t)
+            del t
+            grad[r0:r1].scatter_add_(1, pos_index[r0:r1], g.sum(2))
+            grad[r0:r1].sub_(g.sum(1))
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(active)
+        return total, active
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor, grad_active: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total, None, None, None, None, None, None
+
+
+def batch_all_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    distance: DistanceLike,
+    margin_fn: MarginLike,
+    reduction: str = "mean",
+    max_positives: int | None = None,
+    block_elements: int = 1 << 22,
+    return_stats: bool = False,
+    validate: bool = True,
+) -> Tensor | tuple[Tensor, BatchAllStats]:
+    """Batch-all triplet loss over every valid (a, p, n), in O(N²) memory.
+
+    Args:
+        reduction: ``mean`` (over all valid triplets), ``mean_active`` (over triplets with loss > 0) or ``sum``.
+        max_positives: the largest number of positives of any anchor (``K − 1`` for S×K batches). Giving it keeps
+            every shape static; when None it is read from the labels (one host sync).
+        block_elements: triplets evaluated per anchor block (memory knob; 4M ≈ 16 MiB per float32 temporary).
+        return_stats: also return :class:`BatchAllStats`.
+        validate: check that no anchor has more than ``max_positives`` positives (one host sync; skipped while
+            ``torch.compile`` traces).
+
+    Cost: O(N²·P) time for P = ``max_positives``, i.e. O(number of triplets), and O(N² + block_elements) memory.
+    """
+    if reduction not in ("mean", "mean_active", "sum"):
+        raise ValueError(f"batch-all reduction must be 'mean', 'mean_active' or 'sum', got {reduction!r}")
+    x = compute_dtype(embeddings)
+    n = x.shape[0]
+    pos_mask, neg_mask = label_masks(labels)
+    num_pos = pos_mask.sum(1)
+    num_triplets = (num_pos * neg_mask.sum(1)).sum()
+    if max_positives is None:
+        max_positives = int(num_pos.max())
+    elif validate and not _compiling():
+        most = int(num_pos.max())
+        if most > max_positives:
+            raise ValueError(f"max_positives={max_positives} but an anchor in this batch has {most} positives")
+    dist = distance.matrix(x)
+    if max_positives <= 0:
+        loss = dist.sum() * 0.0
+        stats = BatchAllStats(num_triplets=num_triplets, num_active=torch.zeros_like(num_triplets))
+        return (loss, stats) if return_stats else loss
+    k = min(max_positives, n - 1)
+    pos_index = torch.topk(pos_mask.to(torch.uint8), k, dim=1, sorted=False).indices
+    pos_valid = pos_mask.gather(1, pos_index)
+    block_rows = max(1, block_elements // (k * n))
+    total, active = _BatchAllSum.apply(dist, pos_index, pos_valid, neg_mask, margin_fn, reduction == "mean_active" or return_stats, block_rows)
+    if reduction == "sum":
+        loss = total
+    elif reduction == "mean":
+        loss = total / num_triplets.clamp_min(1).to(total.dtype)
+    else:
+        loss = total / active.clamp_min(1).to(total.dtype)
+    if return_stats:
+        return loss, BatchAllStats(num_triplets=num_triplets, num_active=active)
+    return loss

@@ -1,0 +1,273 @@
+"""Triplet miners as pure functions of (distances or embeddings, labels).
+
+A *valid triplet* ``(a, p, n)`` has ``label[p] == label[a]``, ``p != a`` and ``label[n] != label[a]``.
+
+The in-batch miners (``random``, ``batch_hard``) return one triplet per anchor as a :class:`Triplets` of static
+shape (N,): anchors that have no positive or no negative get ``valid = False`` (their indices are arbitrary but in
+range). They use masked reductions only (no boolean-mask indexing, no ``nonzero``, no ``.item()``), so they trace
+under ``torch.compile`` and torch-xla with one graph per batch shape.
+
+``batch_all`` is every valid triplet. Listing them costs O(N³) memory, so the losses never do; the pair masks
+(:func:`label_masks`) define the set, :func:`batch_all_triplet_count` counts it and :func:`iter_batch_all_triplets`
+lists it in anchor blocks for inspection.
+
+:func:`mine_offline` mines a whole dataset's descriptor bank in chunks (never an M×M matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Triplets",
+    "label_masks",
+    "batch_hard_triplets",
+    "random_triplets",
+    "batch_all_triplet_count",
+    "iter_batch_all_triplets",
+    "mine_offline",
+]
+
+
+class Triplets(NamedTuple):
+    """Index triplets, one per row. ``valid[i]`` says whether row i is a real triplet.
+
+    ``swap``, when not None, marks rows whose negative distance is ``d(positive, negative)`` instead of
+    ``d(anchor, negative)`` (the anchor swap of Balntas et al. 2016 / HardNet).
+    """
+
+    anchor: Tensor
+    positive: Tensor
+    negative: Tensor
+    valid: Tensor
+    swap: Tensor | None = None
+
+
+def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(positive, negative) boolean N×N masks: same label and not self; different label."""
+    same = labels[:, None] == labels[None, :]
+    positive = same.clone()
+    positive.fill_diagonal_(False)
+    return positive, ~same
+
+
+@torch.no_grad()
+def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor | None = None, swap: bool = False) -> Triplets:
+    """Hermans et al.'s batch-hard mining: for every anchor, its furthest positive and nearest negative.
+
+    Args:
+        ranking: (N, N) matrix that orders each row like the distance (the distance itself, or a monotone transform
+            minus a per-row constant, see :func:`~tripletkit.functional.distances.squared_euclidean_ranking`).
+        labels: (N,) integer labels.
+        row_offset: per-row constant that turns ``ranking`` into a monotone transform of the distance that is
+            comparable across rows; needed only for ``swap``.
+        swap: HardNet's anchor swap: the negative is the nearest negative of the anchor or of its hardest positive,
+            whichever is nearer (``min(min_n d(a, n), min_n d(p, n))``).
+
+    Ties are broken by the smallest index. Self-pairs are never chosen as positives, also when the anchor's only
+    other positives coincide with it.
+    """
+    n = ranking.shape[0]
+    same = labels[:, None] == labels[None, :]
+    neg_inf = torch.tensor(float("-inf"), dtype=ranking.dtype, device=ranking.device)
+    pos_scores = torch.where(same, ranking, neg_inf)
+    pos_scores.diagonal().fill_(float("-inf"))
+    pos_val, positive = pos_scores.max(1)
+    neg_scores = ranking.masked_fill(same, float("inf"))
+    neg_val, negative = neg_scores.min(1)
+    valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
+    anchor = torch.arange(n, device=ranking.device)
+    if not swap:
+        return Triplets(anchor, positive, negative, valid)
+    offset = torch.zeros(n, dtype=ranking.dtype, device=ranking.device) if row_offset is None else row_offset
+    neg_dist = neg_val + offset
+    use_swap = neg_dist[positive] < neg_dist
+    negative = torch.where(use_swap, negative[positive], negative)
+    return Triplets(anchor, positive, negative, valid, use_swap)
+
+
+def _uniform_choice(mask: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    # argmax of iid uniforms restricted to the mask picks a uniformly random True entry per row, at static shape.
+    scores = torch.rand(mask.shape, generator=generator, device=mask.device)
+    scores = scores.masked_fill(~mask, -1.0)
+    best, index = scores.max(1)
+    return index, best >= 0
+
+
+@torch.no_grad()
+def random_triplets(labels: Tensor, *, generator: torch.Generator | None = None) -> Triplets:
+    """One uniformly random positive and one uniformly random negative per anchor (the random-triplet baseline)."""
+    positive_mask, negative_mask = label_masks(labels)
+    positive, has_pos = _uniform_choice(positive_mask, generator)
+    negative, has_neg = _uniform_choice(negative_mask, generator)
+    anchor = torch.arange(labels.shape[0], device=labels.device)
+    return Triplets(anchor, positive, negative, has_pos & has_neg)
+
+
+def batch_all_triplet_count(labels: Tensor) -> Tensor:
+    """Number of valid triplets, ``Σ_a #pos(a)·#neg(a) = Σ_c n_c (n_c − 1)(N − n_c)``, as a 0-d int64 tensor."""
+    positive_mask, negative_mask = label_masks(labels)
+    return (positive_mask.sum(1) * negative_mask.sum(1)).sum()
+
+
+def iter_batch_all_triplets(labels: Tensor, *, max_triplets_per_block: int = 1 << 20) -> Iterator[Triplets]:
+    """Yield every valid triplet as explicit index blocks, anchors in order (for inspection and tests).
+
+    Memory is bounded by ``max_triplets_per_block`` plus one anchor's triplets; this is data-dependent
+    (eager only), unlike the losses, which never list the triplets.
+    """
+    positive_mask, negative_mask = label_masks(labels)
+    blocks: list[tuple[Tensor, Tensor, Tensor]] = []
+    size = 0
+    for a in range(labels.shape[0]):
+        pos = torch.nonzero(positive_mask[a]).flatten()
+        neg = torch.nonzero(negative_mask[a]).flatten()
+        if pos.numel() == 0 or neg.numel() == 0:
+            continue
+        p = pos.repeat_interleave(neg.numel())
+        n = neg.repeat(pos.numel())
+        blocks.append((torch.full_like(p, a), p, n))
+        size += p.numel()
+        if size >= max_triplets_per_block:
+            yield _stack_blocks(blocks)
+            blocks, size = [], 0
+    if blocks:
+        yield _stack_blocks(blocks)
+
+
+def _stack_blocks(blocks: list[tuple[Tensor, Tensor, Tensor]]) -> Triplets:
+    a, p, n = (torch.cat(parts) for parts in zip(*blocks))
+    return Triplets(a, p, n, torch.ones_like(a, dtype=torch.bool))
+
+
+@torch.no_grad()
+def mine_offline(
+    bank: Tensor,
+    labels: Tensor,
+    *,
+    distance_matrix: Callable[[Tensor, Tensor], Tensor],
+    anchors: Tensor | None = None,
+    positive: str = "hardest",
+    negative: str = "hardest",
+    margin: float = 0.2,
+    chunk_size: int = 2048,
+    generator: torch.Generator | None = None,
+) -> Triplets:
+    """Mine one triplet per anchor from a whole bank of descriptors, in chunks.
+
+    Args:
+        bank: (M, D) descriptors of the whole dataset (or any memory bank).
+        labels: (M,) integer labels.
+        distance_matrix: ``f(x, y) -> (len(x), len(y))`` distances (e.g. ``euclidean_matrix``).
+        anchors: indices into the bank to mine for (default: every row).
+        positive: ``"hardest"`` (the furthest positive in the bank) or ``"random"`` (uniform over the positives).
+        negative: ``"hardest"`` (the nearest negative in the bank) or ``"semihard"`` (FaceNet, Schroff et al. 2015:
+            the nearest negative with ``d(a, p) < d(a, n) < d(a, p) + margin``; when an anchor has none, its hardest
+            negative is used instead, so every valid anchor gets a triplet).
+        margin: the semi-hard band width.
+        chunk_size: query rows × bank rows per distance block; peak memory is O(chunk_size²), never O(M²).
+        generator: for ``positive="random"``.
+
+    Returns:
+        :class:`Triplets` with one row per anchor, indices into the bank; anchors whose class has a single member or
+        covers the whole bank are ``valid = False``.
+    """
+    if positive not in ("hardest", "random"):
+        raise ValueError(f"positive must be 'hardest' or 'random', got {positive!r}")
+    if negative not in ("hardest", "semihard"):
+        raise ValueError(f"negative must be 'hardest' or 'semihard', got {negative!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    m = bank.shape[0]
+    device = bank.device
+    if anchors is None:
+        anchors = torch.arange(m, device=device)
+    anchors = anchors.to(device=device, dtype=torch.long)
+    if anchors.dim() != 1:
+        raise ValueError(f"anchors must be 1-D indices, got shape {tuple(anchors.shape)}")
+    if anchors.numel() and (int(anchors.min()) < 0 or int(anchors.max()) >= m):
+        raise ValueError(f"anchors must index the bank's {m} rows")
+    n_anchors = anchors.numel()
+    dtype = bank.dtype
+    inf = float("inf")
+
+    if positive == "random":
+        pos_index, pos_ok = _random_positive_sorted(labels, anchors, generator)
+        pos_dist = torch.full((n_anchors,), -inf, dtype=dtype, device=device)
+    else:
+        pos_index = torch.zeros(n_anchors, dtype=torch.long, device=device)
+        pos_dist = torch.full((n_anchors,), -inf, dtype=dtype, device=device)
+    neg_index = torch.zeros(n_anchors, dtype=torch.long, device=device)
+    neg_dist = torch.full((n_anchors,), inf, dtype=dtype, device=device)
+
+    def blocks() -> Iterator[tuple[slice, slice, Tensor, Tensor]]:
+        for q0 in range(0, n_anchors, chunk_size):
+            qs = slice(q0, min(q0 + chunk_size, n_anchors))
+            q_idx = anchors[qs]
+            for b0 in range(0, m, chunk_size):
+                bs = slice(b0, min(b0 + chunk_size, m))
+                d = distance_matrix(bank[q_idx], bank[bs])
+                same = labels[q_idx][:, None] == labels[bs][None, :]
+                not_self = q_idx[:, None] != torch.arange(bs.start, bs.stop, device=device)[None, :]
+                yield qs, bs, d, same & not_self, ~same
+
+    # Pass 1: hardest positive (or the distance to the random positive) and hardest negative.
+    for qs, bs, d, pos_m, neg_m in blocks():
+        if positive == "hardest":
+            val, idx = d.masked_fill(~pos_m, -inf).max(1)
+            better = val > pos_dist[qs]
+            pos_dist[qs] = torch.where(better, val, pos_dist[qs])
+            pos_index[qs] = torch.where(better, idx + bs.start, pos_index[qs])
+        else:
+            hit = pos_index[qs][:, None] == torch.arange(bs.start, bs.stop, device=device)[None, :]
+            val = d.masked_fill(~hit, -inf).max(1).values
+            pos_dist[qs] = torch.maximum(pos_dist[qs], val)
+        val, idx = d.masked_fill(~neg_m, inf).min(1)
+        better = val < neg_dist[qs]
+        neg_dist[qs] = torch.where(better, val, neg_dist[qs])
+        neg_index[qs] = torch.where(better, idx + bs.start, neg_index[qs])
+
+    valid = (neg_dist < inf) & (pos_dist > -inf)
+    if positive == "random":
+        valid &= pos_ok
+
+    if negative == "semihard":
+        # Pass 2: nearest negative inside (d_ap, d_ap + margin); falls back to the hardest negative.
+        semi_index = neg_index.clone()
+        semi_dist = torch.full((n_anchors,), inf, dtype=dtype, device=device)
+        for qs, bs, d, _, neg_m in blocks():
+            lo = pos_dist[qs][:, None]
+            band = neg_m & (d > lo) & (d < lo + margin)
+            val, idx = d.masked_fill(~band, inf).min(1)
+            better = val < semi_dist[qs]
+            semi_dist[qs] = torch.where(better, val, semi_dist[qs])
+            semi_index[qs] = torch.where(better, idx + bs.start, semi_index[qs])
+        neg_index = semi_index
+
+    return Triplets(anchors, pos_index, neg_index, valid)
+
+
+def _random_positive_sorted(
+    labels: Tensor, anchors: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """A uniformly random other member of each anchor's class, in O(M log M) via a label sort."""
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    _, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(order.numel(), device=labels.device)
+    # the anchor's class run, found from the anchor's own position in the sorted order
+    run = torch.searchsorted(starts, rank_of[anchors], right=True) - 1
+    n_c = counts[run]
+    start = starts[run]
+    u = torch.rand(anchors.shape, generator=generator, device=labels.device)
+    offset = torch.floor(u * (n_c - 1).clamp_min(1)).long()
+    self_offset = rank_of[anchors] - start
+    offset = offset + (offset >= self_offset).long()  # skip the anchor itself
+    offset = torch.minimum(offset, (n_c - 1).clamp_min(0))
+    return order[start + offset], n_c >= 2

@@ -1,0 +1,85 @@
+"""Batch-all triplet loss (Hermans, Beyer and Leibe 2017, eq. 6), streamed in O(N²) memory."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..distances import Distance
+from ..functional.losses import BatchAllStats, batch_all_triplet_loss
+from ..margins import MarginFunction
+from .base import TripletLossBase
+
+__all__ = ["BatchAllLoss"]
+
+
+class BatchAllLoss(TripletLossBase):
+    r"""Every valid triplet of the batch.
+
+    .. math::
+        L_{BA} = \frac{1}{Z} \sum_{a} \sum_{p \in P(a)} \sum_{n \in N(a)} h\big(d(x_a, x_p) - d(x_a, x_n)\big)
+
+    Exact definition, row by row:
+
+    * **distance**: plain Euclidean by default, from the N×N matrix computed on mean-centred embeddings (accurate near
+      zero; gradient 0, not NaN, at coinciding points).
+    * **triplets**: ``(a, p, n)`` with ``label[p] = label[a]``, ``p ≠ a``, ``label[n] ≠ label[a]``; there are
+      ``Σ_c n_c (n_c − 1)(N − n_c)`` of them. Anchors without a positive or a negative contribute no triplet.
+    * **denominator** ``Z``: ``reduction="mean"``: the number of valid triplets (PML's ``MeanReducer``);
+      ``"mean_active"``: the number of triplets with loss > 0 (PML's default ``AvgNonZeroReducer``, omoindrot);
+      ``"sum"``: 1. ``"none"`` is not offered: it would need one value per triplet (O(N³) memory).
+    * **no valid (or no active) triplet**: 0 with a (zero) gradient, not NaN.
+    * **soft margin**: ``softplus``, stable for any gap.
+    * **memory**: triplets are evaluated in anchor blocks of ``block_elements`` and the gradient with respect to the
+      distance matrix is accumulated on the way, so peak memory is O(N² + block_elements), never O(N³).
+
+    Args:
+        margin, margin_fn, distance, validate: as in :class:`~tripletkit.BatchHardLoss`.
+        reduction: ``"mean"``, ``"mean_active"`` or ``"sum"``.
+        max_positives: the most positives any anchor can have (``K − 1`` for S×K batches); keeps all shapes static
+            (no host sync) for ``torch.compile``/XLA. Default: read from the labels.
+        block_elements: triplets per anchor block.
+
+    Example::
+
+        >>> import torch
+        >>> from tripletkit import BatchAllLoss
+        >>> emb = torch.tensor([[0.0], [0.1], [0.15], [0.2]])
+        >>> loss, stats = BatchAllLoss(margin=0.2)(emb, torch.tensor([0, 0, 1, 1]), return_stats=True)
+        >>> int(stats["num_triplets"]), int(stats["num_active"])
+        (8, 8)
+    """
+
+    reductions = ("mean", "mean_active", "sum")
+
+    def __init__(
+        self,
+        margin: float | None = None,
+        margin_fn: str | dict | MarginFunction = "hinge",
+        distance: str | dict | Distance = "euclidean",
+        reduction: str = "mean",
+        max_positives: int | None = None,
+        block_elements: int = 1 << 22,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(margin, margin_fn, distance, reduction, validate)
+        if max_positives is not None and (isinstance(max_positives, bool) or not isinstance(max_positives, int) or max_positives < 0):
+            raise ValueError(f"max_positives must be a non-negative int or None, got {max_positives!r}")
+        if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
+            raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
+        self.max_positives = max_positives
+        self.block_elements = block_elements
+
+    def forward(self, embeddings: Tensor, labels: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, BatchAllStats]:
+        """Scalar loss; with ``return_stats`` also ``{"num_triplets", "num_active"}`` (0-d int64 tensors)."""
+        labels = self._check_inputs(embeddings, labels)
+        return batch_all_triplet_loss(
+            embeddings,
+            labels,
+            distance=self.distance,
+            margin_fn=self.margin_fn,
+            reduction=self.reduction,
+            max_positives=self.max_positives,
+            block_elements=self.block_elements,
+            return_stats=return_stats,
+            validate=self.validate,
+        )

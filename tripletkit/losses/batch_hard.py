@@ -1,0 +1,81 @@
+"""Batch-hard triplet loss (Hermans, Beyer and Leibe 2017, "In Defense of the Triplet Loss", eq. 5)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..distances import Distance
+from ..functional.losses import batch_hard_triplet_loss
+from ..margins import MarginFunction
+from .base import TripletLossBase
+
+__all__ = ["BatchHardLoss"]
+
+
+class BatchHardLoss(TripletLossBase):
+    r"""For every anchor, the hardest positive against the hardest negative in the batch.
+
+    .. math::
+        L_{BH} = \frac{1}{|A|} \sum_{a \in A} h\Big(\max_{p \in P(a)} d(x_a, x_p) - \min_{n \in N(a)} d(x_a, x_n)\Big)
+
+    with ``h(gap) = [m + gap]₊`` (``margin_fn="hinge"``) or ``ln(1 + exp(m + gap))`` (``"softplus"``).
+
+    Exact definition, row by row:
+
+    * **distance**: ``d`` is the plain Euclidean distance by default (not squared, no normalisation); ``sqeuclidean``
+      and ``cosine`` are available. Distances of the chosen pairs are computed from the embedding differences, so the
+      loss is exact near zero (the collapse regime) and the gradient at coinciding points is 0, never NaN.
+    * **anchors**: ``P(a)`` = other samples with the same label, ``N(a)`` = samples with another label. An anchor with
+      no positive (a singleton class) or no negative (a one-class batch) is left out of the sum *and* of ``|A|``.
+    * **denominator**: ``reduction="mean"`` divides by ``|A|``; ``"mean_active"`` by the number of anchors with
+      loss > 0; ``"sum"`` does not divide; ``"none"`` returns the (N,) per-anchor losses, 0 for left-out anchors.
+    * **no valid anchor**: the loss is 0 (not NaN) and still has a gradient (all zeros).
+    * **soft margin**: ``softplus`` with the default margin 0 is Hermans' soft margin ``ln(1 + exp(gap))``; it is
+      stable for any gap (no inf, no NaN gradient).
+    * **swap**: HardNet's anchor swap (Mishchuk et al. 2017): the negative distance is
+      ``min(min_n d(a, n), min_n d(p*, n))`` where ``p*`` is the hardest positive.
+    * **ties**: the smallest index wins; the loss value does not depend on it.
+    * **dtypes**: float16/bfloat16 embeddings are computed in float32.
+
+    Args:
+        margin: ``m``; default 0.2 for the hinge, 0 for the soft margin. Must be finite and ≥ 0.
+        margin_fn: ``"hinge"``, ``"softplus"``, a config dict or a :class:`~tripletkit.margins.MarginFunction`.
+        distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, a config dict or a distance object.
+        reduction: ``"mean"``, ``"mean_active"``, ``"sum"`` or ``"none"``.
+        swap: anchor swap.
+        validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
+
+    Example::
+
+        >>> import torch
+        >>> from tripletkit import BatchHardLoss
+        >>> loss_fn = BatchHardLoss(margin=0.2)
+        >>> emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 0.5]], requires_grad=True)
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> loss = loss_fn(emb, labels)   # hardest pairs: d_ap = 1 or 0.5, d_an ≈ 3
+        >>> float(loss)
+        0.0
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        margin: float | None = None,
+        margin_fn: str | dict | MarginFunction = "hinge",
+        distance: str | dict | Distance = "euclidean",
+        reduction: str = "mean",
+        swap: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(margin, margin_fn, distance, reduction, validate)
+        self.swap = bool(swap)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
+        labels = self._check_inputs(embeddings, labels)
+        return batch_hard_triplet_loss(
+            embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", swap={self.swap}"

@@ -1,0 +1,122 @@
+"""The general triplet margin loss: any miner (or given triplets) + margin function + distance + reduction."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import check_embeddings
+from ..distances import Distance
+from ..functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss, triplet_margin_loss
+from ..functional.miners import Triplets
+from ..margins import MarginFunction
+from ..miners import MINERS, BatchAllMiner, BatchHardMiner, Miner
+from .base import TripletLossBase
+
+__all__ = ["TripletLoss"]
+
+
+class TripletLoss(TripletLossBase):
+    r"""``h(d(a, p) − d(a, n))`` over mined or given triplets (Schroff et al. 2015; Hermans et al. 2017).
+
+    .. math:: L = \frac{1}{Z} \sum_{(a,p,n) \in T} h\big(d(x_a, x_p) - d(x_a, x_n)\big)
+
+    * **triplets** ``T``: from ``miner`` (a registered name, a config dict or a :class:`~tripletkit.miners.Miner`)
+      called on ``(embeddings, labels)``, or passed to ``forward`` as ``triplets=(anchor, positive, negative)`` index
+      tensors (e.g. from the offline miner). ``miner="batch_hard"`` is :class:`~tripletkit.BatchHardLoss` and
+      ``miner="batch_all"`` is :class:`~tripletkit.BatchAllLoss` (the streamed path); the default ``"random"`` is the
+      random-triplet baseline: one random positive and negative per anchor.
+    * **invalid triplets** (an anchor without a positive or negative; given triplets whose labels, when ``labels``
+      are passed, are not same/same/different) are left out of the sum and of ``Z``.
+    * **denominator** ``Z``: as in :class:`~tripletkit.BatchHardLoss` (``mean``: valid triplets; ``mean_active``:
+      triplets with loss > 0); 0 (with gradient) when ``T`` is empty.
+    * **distance**: computed from the row differences of the chosen pairs (exact near zero).
+    * **swap**: ``min(d(a, n), d(p, n))`` as the negative distance (Balntas et al. 2016); with ``batch_hard`` it is
+      HardNet's version (see :class:`~tripletkit.BatchHardLoss`).
+
+    Example::
+
+        >>> import torch
+        >>> from tripletkit import TripletLoss
+        >>> emb = torch.randn(8, 4)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss = TripletLoss(miner={"name": "random", "seed": 0})(emb, labels)
+        >>> given = TripletLoss()(emb, triplets=(torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
+    """
+
+    def __init__(
+        self,
+        margin: float | None = None,
+        margin_fn: str | dict | MarginFunction = "hinge",
+        distance: str | dict | Distance = "euclidean",
+        miner: str | dict | Miner = "random",
+        reduction: str = "mean",
+        swap: bool = False,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(margin, margin_fn, distance, reduction, validate)
+        self.miner = MINERS.build(miner)
+        if not isinstance(self.miner, Miner):
+            raise TypeError(f"miner must build a tripletkit Miner, got {type(self.miner).__name__}")
+        if isinstance(self.miner, BatchAllMiner):
+            if reduction == "none":
+                raise ValueError("reduction='none' is not available with the batch_all miner (one value per triplet)")
+            if swap:
+                raise ValueError("swap is not defined for the batch_all miner")
+        elif not self.miner.per_anchor:
+            raise ValueError(f"{self.miner!r} mines a bank, not a batch: mine first and pass triplets=... to forward")
+        self.swap = bool(swap)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        triplets: Triplets | tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        if triplets is not None:
+            return self._given(embeddings, labels, triplets)
+        if labels is None:
+            raise ValueError("labels are required unless triplets are given")
+        labels = self._check_inputs(embeddings, labels)
+        if isinstance(self.miner, BatchHardMiner) and self.miner.distance == self.distance:
+            return batch_hard_triplet_loss(
+                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction,
+                swap=self.swap or self.miner.swap,
+            )
+        if isinstance(self.miner, BatchAllMiner):
+            return batch_all_triplet_loss(
+                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction,
+                validate=self.validate,
+            )
+        mined = self.miner(embeddings.detach(), labels)
+        return triplet_margin_loss(
+            embeddings, mined, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
+        )
+
+    def _given(self, embeddings: Tensor, labels: Tensor | None, triplets: Triplets | tuple) -> Tensor:
+        check_embeddings(embeddings, min_rows=1, values=self.validate)
+        n = embeddings.shape[0]
+        if isinstance(triplets, Triplets):
+            a, p, neg, valid, swap_rows = triplets
+        elif isinstance(triplets, (tuple, list)) and len(triplets) == 3:
+            (a, p, neg), valid, swap_rows = triplets, None, None
+        else:
+            raise TypeError("triplets must be a Triplets or a tuple (anchor, positive, negative) of index tensors")
+        for name, idx in (("anchor", a), ("positive", p), ("negative", neg)):
+            if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
+                raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
+            if idx.shape != a.shape:
+                raise ValueError(f"triplet index tensors differ in length: anchor {tuple(a.shape)}, {name} {tuple(idx.shape)}")
+            if self.validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise ValueError(f"triplet {name} indices must lie in [0, {n}) for {n} embeddings")
+        dev = embeddings.device
+        a, p, neg = a.to(dev).long(), p.to(dev).long(), neg.to(dev).long()
+        if valid is None:
+            valid = torch.ones(a.shape, dtype=torch.bool, device=dev)
+        if labels is not None:
+            labels = self._check_inputs(embeddings, labels)
+            valid = valid & (labels[a] == labels[p]) & (a != p) & (labels[a] != labels[neg])
+        return triplet_margin_loss(
+            embeddings, Triplets(a, p, neg, valid.to(dev), swap_rows), distance=self.distance,
+            margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap,
+        )

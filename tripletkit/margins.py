@@ -1,0 +1,101 @@
+"""Registered margin functions (``MARGINS``): ``hinge`` and ``softplus`` (the soft margin).
+
+A margin function maps a triplet's gap ``gap = d(a, p) − d(a, n)`` to its loss:
+
+* ``hinge``: ``h(gap) = [m + gap]₊``, default ``m = 0.2``; collapse value ``m``.
+* ``softplus``: ``h(gap) = ln(1 + exp(m + gap))``, default ``m = 0`` (Hermans et al.'s soft margin); collapse value
+  ``ln(1 + e^m)`` (ln 2 at m = 0). Finite with a finite gradient for every finite gap.
+
+The *collapse value* (``h(0)``) is what the loss settles at when all embeddings coincide; the stepped-batch scheduler
+and the collapse monitor read it from here instead of hard-coding it.
+
+Example::
+
+    >>> import torch
+    >>> from tripletkit import MARGINS
+    >>> MARGINS.build("softplus").collapse_value
+    0.6931471805599453
+    >>> MARGINS.build("hinge", margin=0.5)(torch.tensor([-1.0, 0.0, 1.0]))
+    tensor([0.0000, 0.5000, 1.5000])
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._validation import check_margin
+from .functional import margins as F
+from .registry import Registry
+
+__all__ = ["MARGINS", "MarginFunction", "HingeMargin", "SoftplusMargin"]
+
+MARGINS: Registry["MarginFunction"] = Registry("margin function")
+
+
+class MarginFunction:
+    """Base class: ``h(gap) = activation(gap + margin)``."""
+
+    registry_name = ""
+    default_margin = 0.0
+
+    def __init__(self, margin: float | None = None) -> None:
+        self.margin = check_margin(self.default_margin if margin is None else margin)
+
+    def activation(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def activation_grad(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def collapse_value(self) -> float:
+        """The loss of a triplet whose positive and negative are equally far (``gap = 0``)."""
+        raise NotImplementedError
+
+    def __call__(self, gap: Tensor) -> Tensor:
+        return self.activation(gap + self.margin)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(margin={self.margin})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.margin == other.margin  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.margin))
+
+
+@MARGINS.register("hinge")
+class HingeMargin(MarginFunction):
+    """``[m + gap]₊``; default margin 0.2."""
+
+    registry_name = "hinge"
+    default_margin = 0.2
+
+    def activation(self, t: Tensor) -> Tensor:
+        return F.hinge(t)
+
+    def activation_grad(self, t: Tensor) -> Tensor:
+        return F.hinge_grad(t)
+
+    @property
+    def collapse_value(self) -> float:
+        return F.hinge_collapse_value(self.margin)
+
+
+@MARGINS.register("softplus")
+class SoftplusMargin(MarginFunction):
+    """``ln(1 + exp(m + gap))``, computed stably; default margin 0 (the soft margin)."""
+
+    registry_name = "softplus"
+    default_margin = 0.0
+
+    def activation(self, t: Tensor) -> Tensor:
+        return F.softplus(t)
+
+    def activation_grad(self, t: Tensor) -> Tensor:
+        return F.softplus_grad(t)
+
+    @property
+    def collapse_value(self) -> float:
+        return F.softplus_collapse_value(self.margin)

@@ -1,0 +1,187 @@
+"""Registered miners (``MINERS``): ``batch_hard``, ``random``, ``batch_all``, ``offline``.
+
+Miners are thin, configurable callables over :mod:`tripletkit.functional.miners`; each returns
+:class:`~tripletkit.functional.miners.Triplets` (anchor, positive, negative, valid[, swap]).
+
+* ``batch_hard`` (Hermans et al. 2017): per anchor, the furthest positive and the nearest negative in the batch.
+* ``random``: per anchor, a uniformly random positive and negative (the random-triplet baseline).
+* ``batch_all``: every valid triplet, listed explicitly (O(#triplets) memory: for inspection; the batch-all loss
+  never lists them).
+* ``offline``: hard or semi-hard triplets mined from a whole dataset's descriptor bank, chunked.
+
+Example::
+
+    >>> import torch
+    >>> from tripletkit import MINERS
+    >>> miner = MINERS.build("batch_hard")
+    >>> x = torch.tensor([[0.0], [1.0], [5.0], [5.5]])
+    >>> t = miner(x, torch.tensor([0, 0, 1, 1]))
+    >>> t.positive.tolist(), t.negative.tolist()
+    ([1, 0, 3, 2], [2, 2, 1, 1])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._validation import check_choice, check_embeddings, check_labels, check_margin
+from .distances import DISTANCES, Distance
+from .functional import miners as F
+from .functional.miners import Triplets
+from .registry import Registry
+
+__all__ = ["MINERS", "Miner", "BatchHardMiner", "RandomMiner", "BatchAllMiner", "OfflineMiner", "Triplets"]
+
+MINERS: Registry["Miner"] = Registry("miner")
+
+
+class Miner:
+    """Base class. ``per_anchor`` miners return exactly one (possibly invalid) triplet per input row."""
+
+    registry_name = ""
+    per_anchor = True
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+        raise NotImplementedError
+
+    def _check(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        check_embeddings(embeddings)
+        return embeddings, check_labels(labels, embeddings.shape[0], device=embeddings.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class _SeededMiner(Miner):
+    def __init__(self, seed: int | None) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None  # torch's global RNG: follows torch.manual_seed
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(d): g.get_state() for d, g in self._generators.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for d, s in state.items():
+            device = torch.device(d)
+            self._generator(device)
+            if device in self._generators:
+                self._generators[device].set_state(s)
+
+
+@MINERS.register("batch_hard")
+class BatchHardMiner(Miner):
+    """Furthest positive and nearest negative per anchor; ``swap`` adds HardNet's anchor swap."""
+
+    registry_name = "batch_hard"
+
+    def __init__(self, distance: str | dict | Distance = "euclidean", swap: bool = False) -> None:
+        self.distance = DISTANCES.build(distance)
+        self.swap = bool(swap)
+
+    @torch.no_grad()
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+        embeddings, labels = self._check(embeddings, labels)
+        x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        ranking, offset = self.distance.ranking(x)
+        return F.batch_hard_triplets(ranking, labels, row_offset=offset, swap=self.swap)
+
+    def __repr__(self) -> str:
+        return f"BatchHardMiner(distance={self.distance!r}, swap={self.swap})"
+
+
+@MINERS.register("random")
+class RandomMiner(_SeededMiner):
+    """One uniformly random positive and negative per anchor. ``seed`` makes it reproducible (own generator)."""
+
+    registry_name = "random"
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed)
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+        embeddings, labels = self._check(embeddings, labels)
+        return F.random_triplets(labels, generator=self._generator(labels.device))
+
+    def __repr__(self) -> str:
+        return f"RandomMiner(seed={self.seed})"
+
+
+@MINERS.register("batch_all")
+class BatchAllMiner(Miner):
+    """Every valid triplet, explicitly: ``Σ_c n_c(n_c − 1)(N − n_c)`` rows. For inspection, not for training."""
+
+    registry_name = "batch_all"
+    per_anchor = False
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+        embeddings, labels = self._check(embeddings, labels)
+        blocks = list(F.iter_batch_all_triplets(labels))
+        if not blocks:
+            empty = torch.zeros(0, dtype=torch.long, device=labels.device)
+            return Triplets(empty, empty, empty, empty.bool())
+        return Triplets(*(torch.cat(parts) for parts in zip(*(b[:4] for b in blocks))))
+
+
+@MINERS.register("offline")
+class OfflineMiner(_SeededMiner):
+    """Hard triplets mined from a whole bank of descriptors (the study's offline hard mining), chunked.
+
+    ``miner(bank, labels, anchors=None)`` returns one triplet per anchor with indices into the bank; rerun it each
+    epoch on fresh descriptors. See :func:`tripletkit.functional.miners.mine_offline` for the exact rules.
+    """
+
+    registry_name = "offline"
+    per_anchor = False
+
+    def __init__(
+        self,
+        distance: str | dict | Distance = "euclidean",
+        positive: str = "hardest",
+        negative: str = "hardest",
+        margin: float = 0.2,
+        chunk_size: int = 2048,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        self.distance = DISTANCES.build(distance)
+        self.positive = check_choice(positive, ("hardest", "random"), "positive")
+        self.negative = check_choice(negative, ("hardest", "semihard"), "negative")
+        self.margin = check_margin(margin)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def __call__(self, bank: Tensor, labels: Tensor, anchors: Tensor | None = None) -> Triplets:  # type: ignore[override]
+        check_embeddings(bank, name="bank")
+        labels = check_labels(labels, bank.shape[0], device=bank.device)
+        x = bank.float() if bank.dtype in (torch.float16, torch.bfloat16) else bank
+        return F.mine_offline(
+            x,
+            labels,
+            distance_matrix=self.distance.matrix,
+            anchors=anchors,
+            positive=self.positive,
+            negative=self.negative,
+            margin=self.margin,
+            chunk_size=self.chunk_size,
+            generator=self._generator(bank.device),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OfflineMiner(distance={self.distance!r}, positive={self.positive!r}, negative={self.negative!r}, "
+            f"margin={self.margin}, chunk_size={self.chunk_size})"
+        )
