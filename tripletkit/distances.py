@@ -44,6 +44,10 @@ class Distance:
         m = self.matrix(x).detach()
         return m, m.new_zeros(m.shape[0])
 
+    def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Optional (L, R, o) with ``ranking = L @ R.T`` (lets miners work in cache-sized row blocks)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -69,6 +73,9 @@ class EuclideanDistance(Distance):
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.squared_euclidean_ranking(x)
 
+    def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return F.squared_euclidean_ranking_factors(x)
+
 
 @DISTANCES.register("sqeuclidean")
 class SquaredEuclideanDistance(Distance):
@@ -85,6 +92,9 @@ class SquaredEuclideanDistance(Distance):
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.squared_euclidean_ranking(x)
 
+    def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return F.squared_euclidean_ranking_factors(x)
+
 
 @DISTANCES.register("cosine")
 class CosineDistance(Distance):
@@ -100,3 +110,6 @@ class CosineDistance(Distance):
 
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.cosine_ranking(x)
+
+    def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return F.cosine_ranking_factors(x)

@@ -30,6 +30,7 @@ from torch import Tensor
 from ._validation import check_choice, check_embeddings, check_labels, check_margin
 from .distances import DISTANCES, Distance
 from .functional import miners as F
+from .functional.losses import mine_batch_hard
 from .functional.miners import Triplets
 from .registry import Registry
 
@@ -94,8 +95,7 @@ class BatchHardMiner(Miner):
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
         x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
-        ranking, offset = self.distance.ranking(x)
-        return F.batch_hard_triplets(ranking, labels, row_offset=offset, swap=self.swap)
+        return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap)
 
     def __repr__(self) -> str:
         return f"BatchHardMiner(distance={self.distance!r}, swap={self.swap})"

@@ -29,6 +29,8 @@ __all__ = [
     "cosine_paired",
     "squared_euclidean_ranking",
     "cosine_ranking",
+    "squared_euclidean_ranking_factors",
+    "cosine_ranking_factors",
 ]
 
 
@@ -112,6 +114,22 @@ def squared_euclidean_ranking(x: Tensor) -> tuple[Tensor, Tensor]:
     sq = (xc * xc).sum(1)
     ranking = torch.addmm(sq[None, :].expand(x.shape[0], -1), xc, xc.T, alpha=-2.0)
     return ranking, sq
+
+
+def squared_euclidean_ranking_factors(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(L, R, o) with ``(L @ R.T)[i, j] + o[i] = ||x_i - x_j||²``: ``L = [x̃, 1]``, ``R = [-2x̃, ||x̃||²]`` for the
+    mean-centred ``x̃``. Folding the column term into the GEMM saves a pass over the N×N result."""
+    xc, _ = _shift(x, None)
+    sq = (xc * xc).sum(1, keepdim=True)
+    left = torch.cat([xc, torch.ones_like(sq)], 1)
+    right = torch.cat([xc * -2.0, sq], 1)
+    return left, right, sq.squeeze(1)
+
+
+def cosine_ranking_factors(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(L, R, o) with ``(L @ R.T)[i, j] + o[i] = 1 - cos(x_i, x_j)``."""
+    xn = _unit(x)
+    return xn, -xn, torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
 
 
 def cosine_ranking(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,13 +19,14 @@ import torch
 from torch import Tensor
 
 from .._validation import _compiling, compute_dtype
-from .miners import Triplets, batch_hard_triplets, label_masks, random_triplets
+from .miners import Triplets, batch_hard_triplets, batch_hard_triplets_factored, label_masks, random_triplets
 from .reductions import reduce_losses
 from .types import DistanceLike, MarginLike
 
 __all__ = [
     "triplet_margin_loss",
     "batch_hard_triplet_loss",
+    "mine_batch_hard",
     "random_triplet_loss",
     "batch_all_triplet_loss",
     "BatchAllStats",
@@ -77,10 +78,19 @@ def batch_hard_triplet_loss(
     negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
     """
     x = compute_dtype(embeddings)
-    with torch.no_grad():
-        ranking, offset = distance.ranking(x.detach())
-        triplets = batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
+    triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap)
     return triplet_margin_loss(x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction)
+
+
+@torch.no_grad()
+def mine_batch_hard(x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False) -> Triplets:
+    """Batch-hard mining on embeddings: blocked on the factored ranking when the distance offers one."""
+    factors = distance.ranking_factors(x) if hasattr(distance, "ranking_factors") else None
+    if factors is not None:
+        left, right, offset = factors
+        return batch_hard_triplets_factored(left, right, labels, row_offset=offset, swap=swap)
+    ranking, offset = distance.ranking(x)
+    return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
 
 def random_triplet_loss(

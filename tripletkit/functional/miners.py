@@ -26,6 +26,7 @@ __all__ = [
     "Triplets",
     "label_masks",
     "batch_hard_triplets",
+    "batch_hard_triplets_factored",
     "random_triplets",
     "batch_all_triplet_count",
     "iter_batch_all_triplets",
@@ -85,6 +86,48 @@ def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor |
         return Triplets(anchor, positive, negative, valid)
     offset = torch.zeros(n, dtype=ranking.dtype, device=ranking.device) if row_offset is None else row_offset
     neg_dist = neg_val + offset
+    use_swap = neg_dist[positive] < neg_dist
+    negative = torch.where(use_swap, negative[positive], negative)
+    return Triplets(anchor, positive, negative, valid, use_swap)
+
+
+@torch.no_grad()
+def batch_hard_triplets_factored(
+    left: Tensor,
+    right: Tensor,
+    labels: Tensor,
+    *,
+    row_offset: Tensor | None = None,
+    swap: bool = False,
+    block_elements: int = 1 << 18,
+) -> Triplets:
+    """:func:`batch_hard_triplets` for a ranking given in factored form ``R = left @ right.T``, in row blocks.
+
+    Each block of rows is computed, masked and reduced while it is still in cache, so the N×N ranking is never
+    materialised: peak extra memory is O(block_elements), and the work is one GEMM plus a few cache-resident passes.
+    ``block_elements`` sets the block (rows × N); results are identical for any value.
+    """
+    n = left.shape[0]
+    device = left.device
+    rows = max(1, min(n, block_elements // max(n, 1)))
+    pos_val = torch.empty(n, dtype=left.dtype, device=device)
+    neg_val = torch.empty(n, dtype=left.dtype, device=device)
+    positive = torch.empty(n, dtype=torch.long, device=device)
+    negative = torch.empty(n, dtype=torch.long, device=device)
+    right_t = right.T.contiguous()
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        block = left[r0:r1] @ right_t
+        same = labels[r0:r1, None] == labels[None, :]
+        torch.min(block.masked_fill(same, float("inf")), 1, out=(neg_val[r0:r1], negative[r0:r1]))
+        block.masked_fill_(same.logical_not_(), float("-inf"))
+        block.diagonal(offset=r0).fill_(float("-inf"))
+        torch.max(block, 1, out=(pos_val[r0:r1], positive[r0:r1]))
+    valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
+    anchor = torch.arange(n, device=device)
+    if not swap:
+        return Triplets(anchor, positive, negative, valid)
+    neg_dist = neg_val if row_offset is None else neg_val + row_offset
     use_swap = neg_dist[positive] < neg_dist
     negative = torch.where(use_swap, negative[positive], negative)
     return Triplets(anchor, positive, negative, valid, use_swap)

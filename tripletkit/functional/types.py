@@ -25,6 +25,10 @@ class DistanceLike(Protocol):
         """(R, o): ``R[i, j] + o[i]`` is a monotone increasing function of ``d(x_i, x_j)``; no gradient."""
         ...
 
+    def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Optional (L, R, o) with ``ranking = L @ R.T``; None when the distance has no such form."""
+        ...
+
 
 @runtime_checkable
 class MarginLike(Protocol):
