@@ -92,8 +92,13 @@ def test_dtype_table(dtype, loss_cls, margin_fn):
 
 @pytest.mark.parametrize(
     "loss_fn",
-    [BatchHardLoss(validate=False), BatchAllLoss(max_positives=3, validate=False), BatchHardLoss(margin_fn="softplus", swap=True, validate=False)],
-    ids=["batch_hard", "batch_all", "batch_hard_soft_swap"],
+    [
+        BatchHardLoss(validate=False),
+        BatchHardLoss(validate=False, max_class_size=4),
+        BatchAllLoss(max_class_size=4, validate=False),
+        BatchHardLoss(margin_fn="softplus", swap=True, validate=False),
+    ],
+    ids=["batch_hard_dense", "batch_hard_blocked", "batch_all", "batch_hard_soft_swap"],
 )
 def test_compile_parity_without_graph_breaks(loss_fn):
     # fullgraph=True fails on any data-dependent shape, .item() or Python branch on a tensor value;

@@ -74,13 +74,18 @@ def test_init_validation(cls):
         cls(reduction="avg")
 
 
-def test_batch_all_rejects_none_reduction_and_small_max_positives():
+def test_batch_all_rejects_none_reduction():
     with pytest.raises(ValueError, match="reduction must be one of 'mean', 'mean_active', 'sum'"):
         BatchAllLoss(reduction="none")
-    with pytest.raises(ValueError, match="max_positives=1 but an anchor in this batch has 2 positives"):
-        BatchAllLoss(max_positives=1)(torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 2]))
-    with pytest.raises(ValueError, match="max_positives must be a non-negative int"):
-        BatchAllLoss(max_positives=-1)
+
+
+@pytest.mark.parametrize("cls", [BatchAllLoss, BatchHardLoss])
+def test_max_class_size(cls):
+    with pytest.raises(ValueError, match="max_class_size=2 but a class in this batch has 3 members"):
+        cls(max_class_size=2)(torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 2]))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_class_size must be a positive int or None"):
+            cls(max_class_size=bad)
 
 
 def test_triplet_loss_validation():

@@ -48,6 +48,13 @@ class Distance:
         """Optional (L, R, o) with ``ranking = L @ R.T`` (lets miners work in cache-sized row blocks)."""
         return None
 
+    def matrix_vjp(self, x: Tensor, dist: Tensor, grad: Tensor) -> Tensor | None:
+        """Optional: the gradient of ``Σ grad ⊙ matrix(x)`` with respect to ``x``, given ``dist = matrix(x)``.
+
+        Lets the batch-all loss skip the autograd graph of the N×N matrix. None means "use autograd".
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -73,6 +80,9 @@ class EuclideanDistance(Distance):
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.squared_euclidean_ranking(x)
 
+    def matrix_vjp(self, x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+        return F.euclidean_matrix_vjp(x, dist, grad)
+
     def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return F.squared_euclidean_ranking_factors(x)
 
@@ -92,6 +102,9 @@ class SquaredEuclideanDistance(Distance):
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.squared_euclidean_ranking(x)
 
+    def matrix_vjp(self, x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+        return F.squared_euclidean_matrix_vjp(x, dist, grad)
+
     def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return F.squared_euclidean_ranking_factors(x)
 
@@ -110,6 +123,9 @@ class CosineDistance(Distance):
 
     def ranking(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return F.cosine_ranking(x)
+
+    def matrix_vjp(self, x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+        return F.cosine_matrix_vjp(x, dist, grad)
 
     def ranking_factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return F.cosine_ranking_factors(x)

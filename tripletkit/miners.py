@@ -87,15 +87,18 @@ class BatchHardMiner(Miner):
 
     registry_name = "batch_hard"
 
-    def __init__(self, distance: str | dict | Distance = "euclidean", swap: bool = False) -> None:
+    def __init__(
+        self, distance: str | dict | Distance = "euclidean", swap: bool = False, max_class_size: int | None = None
+    ) -> None:
         self.distance = DISTANCES.build(distance)
         self.swap = bool(swap)
+        self.max_class_size = max_class_size
 
     @torch.no_grad()
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
         x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
-        return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap)
+        return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap, max_class_size=self.max_class_size)
 
     def __repr__(self) -> str:
         return f"BatchHardMiner(distance={self.distance!r}, swap={self.swap})"

@@ -31,6 +31,9 @@ __all__ = [
     "cosine_ranking",
     "squared_euclidean_ranking_factors",
     "cosine_ranking_factors",
+    "squared_euclidean_matrix_vjp",
+    "euclidean_matrix_vjp",
+    "cosine_matrix_vjp",
 ]
 
 
@@ -61,13 +64,24 @@ def _shift(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     return x - center, y - center
 
 
+def _needs_graph(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     """(N, M) matrix of squared Euclidean distances; ``y=None`` means ``y = x`` (then the diagonal is exactly 0)."""
     xc, yc = _shift(x, y)
-    sx = (xc * xc).sum(1)
-    sy = sx if y is None else (yc * yc).sum(1)
-    d2 = torch.addmm(sx[:, None] + sy[None, :], xc, yc.T, alpha=-2.0)
-    d2 = d2.clamp_min(0.0)
+    sx = (xc * xc).sum(1, keepdim=True)
+    sy = sx if y is None else (yc * yc).sum(1, keepdim=True)
+    if not _needs_graph(xc, yc):
+        # No graph to keep: one GEMM on [x̃, ||x̃||², 1]·[-2ỹ, 1, ||ỹ||²]ᵀ and in-place fix-ups, so the only N×M
+        # buffer is the result.
+        ones_x = torch.ones_like(sx)
+        ones_y = ones_x if y is None else torch.ones_like(sy)
+        d2 = torch.cat([xc, sx, ones_x], 1) @ torch.cat([yc * -2.0, ones_y, sy], 1).T
+        d2.clamp_min_(0.0)
+    else:
+        d2 = torch.addmm(sx + sy.T, xc, yc.T, alpha=-2.0).clamp_min(0.0)
     if y is None:
         d2 = d2.fill_diagonal_(0.0)
     return d2
@@ -75,17 +89,50 @@ def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
 
 def euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     """(N, M) matrix of Euclidean distances with a finite (zero) gradient where two points coincide."""
-    return safe_sqrt(squared_euclidean_matrix(x, y))
+    d2 = squared_euclidean_matrix(x, y)
+    if not d2.requires_grad:
+        return d2.sqrt_()
+    return safe_sqrt(d2)
 
 
 def cosine_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     """(N, M) matrix of cosine distances ``1 - cos``, clamped to [0, 2]."""
     xn = _unit(x)
     yn = xn if y is None else _unit(y)
-    d = torch.addmm(torch.ones((), dtype=xn.dtype, device=xn.device), xn, yn.T, alpha=-1.0).clamp(0.0, 2.0)
+    if not _needs_graph(xn, yn):
+        d = torch.mm(xn, yn.T).neg_().add_(1.0).clamp_(0.0, 2.0)
+    else:
+        d = torch.addmm(torch.ones((), dtype=xn.dtype, device=xn.device), xn, yn.T, alpha=-1.0).clamp(0.0, 2.0)
     if y is None:
         d = d.fill_diagonal_(0.0)
     return d
+
+
+def _pull_back(x: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_j W_ij (x_i − x_j)`` for every i, on centred rows so that nothing cancels far from the origin."""
+    xc = x - x.mean(0, keepdim=True)
+    return weights.sum(1, keepdim=True) * xc - weights @ xc
+
+
+def squared_euclidean_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+    """Gradient with respect to ``x`` of ``Σ grad ⊙ squared_euclidean_matrix(x)``, without an autograd graph."""
+    return _pull_back(x, grad + grad.T).mul_(2.0)
+
+
+def euclidean_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+    """Same for ``euclidean_matrix`` (``dist`` is its value); 0 where two points coincide, like ``safe_sqrt``."""
+    w = grad + grad.T
+    w.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return _pull_back(x, w)
+
+
+def cosine_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
+    """Same for ``cosine_matrix``: ``∂/∂x̂_i = −Σ_j (G + Gᵀ)_ij x̂_j``, then through the normalisation."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        unit = _unit(leaf)
+        (gx,) = torch.autograd.grad(unit, leaf, -((grad + grad.T) @ unit.detach()))
+    return gx
 
 
 def squared_euclidean_paired(x: Tensor, y: Tensor) -> Tensor:

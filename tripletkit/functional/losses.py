@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._validation import _compiling, compute_dtype
-from .miners import Triplets, batch_hard_triplets, batch_hard_triplets_factored, label_masks, random_triplets
+from .miners import Triplets, batch_hard_triplets, batch_hard_triplets_factored, class_members, random_triplets
 from .reductions import reduce_losses
 from .types import DistanceLike, MarginLike
 
@@ -70,25 +70,36 @@ def batch_hard_triplet_loss(
     margin_fn: MarginLike,
     reduction: str = "mean",
     swap: bool = False,
+    max_class_size: int | None = None,
 ) -> Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017), one term per anchor with a positive and a negative.
 
     Mining runs without gradient on an O(N²) ranking matrix; the loss then recomputes the 2N chosen distances from
     the embeddings, which is what the max/min's gradient touches anyway. ``swap`` is HardNet's anchor swap: the
     negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
+    ``max_class_size``: the largest class in the batch (``K`` for S×K batches), see :func:`mine_batch_hard`.
     """
     x = compute_dtype(embeddings)
-    triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap)
+    triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap, max_class_size=max_class_size)
     return triplet_margin_loss(x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction)
 
 
 @torch.no_grad()
-def mine_batch_hard(x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False) -> Triplets:
-    """Batch-hard mining on embeddings: blocked on the factored ranking when the distance offers one."""
+def mine_batch_hard(
+    x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False, max_class_size: int | None = None
+) -> Triplets:
+    """Batch-hard mining on embeddings.
+
+    Fast path: blocked on the distance's factored ranking with the class structure from :func:`class_members`
+    (needs ``max_class_size``, or reads it from the labels in eager mode). While ``torch.compile`` traces without a
+    ``max_class_size``, or for a distance without factors, the dense masked path keeps every shape static.
+    """
     factors = distance.ranking_factors(x) if hasattr(distance, "ranking_factors") else None
-    if factors is not None:
+    if factors is not None and (max_class_size is not None or not _compiling()):
         left, right, offset = factors
-        return batch_hard_triplets_factored(left, right, labels, row_offset=offset, swap=swap)
+        return batch_hard_triplets_factored(
+            left, right, labels, row_offset=offset, swap=swap, max_class_size=max_class_size
+        )
     ranking, offset = distance.ranking(x)
     return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
@@ -115,31 +126,37 @@ class BatchAllStats(dict):
 class _BatchAllSum(torch.autograd.Function):
     """Σ h(d_ap + m − d_an) over all valid triplets, streamed over anchor blocks, with an O(N²) backward.
 
-    The gradient of the sum with respect to the distance matrix is accumulated in the forward pass:
-    ``∂/∂D[a, p] = Σ_n h'(t_apn)`` and ``∂/∂D[a, n] = −Σ_p h'(t_apn)``, so no per-triplet tensor is kept.
+    The gradient with respect to the distance matrix is accumulated in the forward pass,
+    ``G[a, p] = Σ_n h'(t_apn)`` and ``G[a, n] = −Σ_p h'(t_apn)``, so no per-triplet tensor is ever kept. The
+    distance matrix itself is computed without an autograd graph; the backward maps ``G`` to the embeddings with the
+    distance's own ``matrix_vjp`` (two N×N buffers and one GEMM) or, for a distance without one, by recomputing the
+    matrix under autograd.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
-        dist: Tensor,
-        pos_index: Tensor,
+        x: Tensor,
+        distance: DistanceLike,
+        members: Tensor,
         pos_valid: Tensor,
-        neg_mask: Tensor,
         margin_fn: MarginLike,
         count_active: bool,
         block_rows: int,
     ) -> tuple[Tensor, Tensor]:
-        n = dist.shape[0]
-        d_ap = dist.gather(1, pos_index).add_(margin_fn.margin).masked_fill_(~pos_valid, float("-inf"))
+        n = x.shape[0]
+        with torch.no_grad():
+            dist = distance.matrix(x)
         # -inf positives and +inf negatives make every invalid t = -inf, where h and h' are both exactly 0.
-        d_an = dist.masked_fill(~neg_mask, float("inf"))
+        d_ap = dist.gather(1, members).add_(margin_fn.margin).masked_fill_(~pos_valid, float("-inf"))
         grad = torch.zeros_like(dist)
         total = dist.new_zeros(())
         active = torch.zeros((), dtype=torch.int64, device=dist.device)
         for r0 in range(0, n, block_rows):
             r1 = min(n, r0 + block_rows)
-            t = d_ap[r0:r1, :, None] - d_an[r0:r1, None, :]
+            d_an = dist[r0:r1].scatter(1, members[r0:r1], float("inf"))  # own class (self included) is no negative
+            t = d_ap[r0:r1, :, None] - d_an[:, None, :]
+            del d_an
             value = margin_fn.activation(t)
             total += value.sum()
             if count_active:
@@ -147,16 +164,24 @@ class _BatchAllSum(torch.autograd.Function):
             del value
             g = margin_fn.activation_grad(t)
             del t
-            grad[r0:r1].scatter_add_(1, pos_index[r0:r1], g.sum(2))
+            grad[r0:r1].scatter_add_(1, members[r0:r1], g.sum(2))
             grad[r0:r1].sub_(g.sum(1))
-        ctx.save_for_backward(grad)
+            del g
+        ctx.distance = distance
+        ctx.save_for_backward(x, dist, grad)
         ctx.mark_non_differentiable(active)
         return total, active
 
     @staticmethod
     def backward(ctx, grad_total: Tensor, grad_active: Tensor):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return grad * grad_total, None, None, None, None, None, None
+        x, dist, grad = ctx.saved_tensors
+        vjp = getattr(ctx.distance, "matrix_vjp", None)
+        grad_x = vjp(x, dist, grad) if vjp is not None else None
+        if grad_x is None:
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                (grad_x,) = torch.autograd.grad(ctx.distance.matrix(leaf), leaf, grad)
+        return grad_x * grad_total, None, None, None, None, None, None
 
 
 def batch_all_triplet_loss(
@@ -166,47 +191,33 @@ def batch_all_triplet_loss(
     distance: DistanceLike,
     margin_fn: MarginLike,
     reduction: str = "mean",
-    max_positives: int | None = None,
+    max_class_size: int | None = None,
     block_elements: int = 1 << 22,
     return_stats: bool = False,
-    validate: bool = True,
 ) -> Tensor | tuple[Tensor, BatchAllStats]:
     """Batch-all triplet loss over every valid (a, p, n), in O(N²) memory.
 
     Args:
         reduction: ``mean`` (over all valid triplets), ``mean_active`` (over triplets with loss > 0) or ``sum``.
-        max_positives: the largest number of positives of any anchor (``K − 1`` for S×K batches). Giving it keeps
-            every shape static; when None it is read from the labels (one host sync).
+        max_class_size: the largest class in any batch (``K`` for S×K batches). Giving it keeps every shape static
+            (for ``torch.compile`` and XLA); when None it is read from the labels (one host sync). A larger class is
+            an error.
         block_elements: triplets evaluated per anchor block (memory knob; 4M ≈ 16 MiB per float32 temporary).
         return_stats: also return :class:`BatchAllStats`.
-        validate: check that no anchor has more than ``max_positives`` positives (one host sync; skipped while
-            ``torch.compile`` traces).
 
-    Cost: O(N²·P) time for P = ``max_positives``, i.e. O(number of triplets), and O(N² + block_elements) memory.
+    Cost: O(N²·K) time, i.e. O(number of triplets), and O(N² + block_elements) memory; no N×N label mask.
     """
     if reduction not in ("mean", "mean_active", "sum"):
         raise ValueError(f"batch-all reduction must be 'mean', 'mean_active' or 'sum', got {reduction!r}")
     x = compute_dtype(embeddings)
     n = x.shape[0]
-    pos_mask, neg_mask = label_masks(labels)
-    num_pos = pos_mask.sum(1)
-    num_triplets = (num_pos * neg_mask.sum(1)).sum()
-    if max_positives is None:
-        max_positives = int(num_pos.max())
-    elif validate and not _compiling():
-        most = int(num_pos.max())
-        if most > max_positives:
-            raise ValueError(f"max_positives={max_positives} but an anchor in this batch has {most} positives")
-    dist = distance.matrix(x)
-    if max_positives <= 0:
-        loss = dist.sum() * 0.0
-        stats = BatchAllStats(num_triplets=num_triplets, num_active=torch.zeros_like(num_triplets))
-        return (loss, stats) if return_stats else loss
-    k = min(max_positives, n - 1)
-    pos_index = torch.topk(pos_mask.to(torch.uint8), k, dim=1, sorted=False).indices
-    pos_valid = pos_mask.gather(1, pos_index)
+    cm = class_members(labels, max_class_size)
+    num_triplets = (cm.positive.sum(1) * (n - cm.class_size)).sum()
+    k = cm.members.shape[1]
     block_rows = max(1, block_elements // (k * n))
-    total, active = _BatchAllSum.apply(dist, pos_index, pos_valid, neg_mask, margin_fn, reduction == "mean_active" or return_stats, block_rows)
+    total, active = _BatchAllSum.apply(
+        x, distance, cm.members, cm.positive, margin_fn, reduction == "mean_active" or return_stats, block_rows
+    )
     if reduction == "sum":
         loss = total
     elif reduction == "mean":

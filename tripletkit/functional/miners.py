@@ -22,11 +22,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._validation import _compiling
+
 __all__ = [
     "Triplets",
     "label_masks",
     "batch_hard_triplets",
     "batch_hard_triplets_factored",
+    "ClassMembers",
+    "class_members",
     "random_triplets",
     "batch_all_triplet_count",
     "iter_batch_all_triplets",
@@ -91,6 +95,44 @@ def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor |
     return Triplets(anchor, positive, negative, valid, use_swap)
 
 
+class ClassMembers(NamedTuple):
+    """Each row's class as a padded index list (built in O(N log N), no N×N mask).
+
+    ``members[i]``: the indices of i's class, self included, padded with i itself up to ``max_class_size`` columns;
+    ``positive[i]``: True where ``members[i]`` is a real positive (another member of the class);
+    ``class_size[i]``: the size of i's class.
+    """
+
+    members: Tensor
+    positive: Tensor
+    class_size: Tensor
+
+
+def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMembers:
+    """:class:`ClassMembers` of ``labels``; ``max_class_size`` (``K`` for S×K batches) keeps the shape static,
+    otherwise it is read from the labels (one host sync). A class larger than ``max_class_size`` is an error."""
+    n = labels.shape[0]
+    device = labels.device
+    order = torch.argsort(labels, stable=True)
+    ordered = labels[order]
+    start_sorted = torch.searchsorted(ordered, ordered, right=False)
+    size_sorted = torch.searchsorted(ordered, ordered, right=True) - start_sorted
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=device)
+    start = start_sorted[rank]
+    size = size_sorted[rank]
+    if max_class_size is None:
+        max_class_size = int(size.max())
+    elif not _compiling() and int(size.max()) > max_class_size:
+        raise ValueError(f"max_class_size={max_class_size} but a class in this batch has {int(size.max())} members")
+    k = torch.arange(max_class_size, device=device)
+    inside = k[None, :] < size[:, None]
+    cols = torch.clamp(start[:, None] + k[None, :], max=n - 1)
+    self_index = torch.arange(n, device=device)[:, None]
+    members = torch.where(inside, order[cols], self_index)
+    return ClassMembers(members, inside & (members != self_index), size)
+
+
 @torch.no_grad()
 def batch_hard_triplets_factored(
     left: Tensor,
@@ -99,30 +141,35 @@ def batch_hard_triplets_factored(
     *,
     row_offset: Tensor | None = None,
     swap: bool = False,
+    max_class_size: int | None = None,
     block_elements: int = 1 << 18,
 ) -> Triplets:
     """:func:`batch_hard_triplets` for a ranking given in factored form ``R = left @ right.T``, in row blocks.
 
-    Each block of rows is computed, masked and reduced while it is still in cache, so the N×N ranking is never
-    materialised: peak extra memory is O(block_elements), and the work is one GEMM plus a few cache-resident passes.
-    ``block_elements`` sets the block (rows × N); results are identical for any value.
+    Each block of rows is computed and reduced while it is still in cache, and the class structure enters through
+    :func:`class_members` (a gather for the positives, a scatter of +inf over the own class for the negatives), so
+    the N×N ranking and label masks are never materialised: the work is one GEMM plus one min-reduction pass, and the
+    extra memory O(block_elements + N·K). ``max_class_size`` as in :func:`class_members`; results do not depend on
+    ``block_elements``.
     """
     n = left.shape[0]
     device = left.device
+    cm = class_members(labels, max_class_size)
     rows = max(1, min(n, block_elements // max(n, 1)))
     pos_val = torch.empty(n, dtype=left.dtype, device=device)
     neg_val = torch.empty(n, dtype=left.dtype, device=device)
-    positive = torch.empty(n, dtype=torch.long, device=device)
+    pos_slot = torch.empty(n, dtype=torch.long, device=device)
     negative = torch.empty(n, dtype=torch.long, device=device)
     right_t = right.T.contiguous()
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         block = left[r0:r1] @ right_t
-        same = labels[r0:r1, None] == labels[None, :]
-        torch.min(block.masked_fill(same, float("inf")), 1, out=(neg_val[r0:r1], negative[r0:r1]))
-        block.masked_fill_(same.logical_not_(), float("-inf"))
-        block.diagonal(offset=r0).fill_(float("-inf"))
-        torch.max(block, 1, out=(pos_val[r0:r1], positive[r0:r1]))
+        members = cm.members[r0:r1]
+        candidates = block.gather(1, members).masked_fill_(~cm.positive[r0:r1], float("-inf"))
+        torch.max(candidates, 1, out=(pos_val[r0:r1], pos_slot[r0:r1]))
+        block.scatter_(1, members, float("inf"))
+        torch.min(block, 1, out=(neg_val[r0:r1], negative[r0:r1]))
+    positive = cm.members.gather(1, pos_slot[:, None]).squeeze(1)
     valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
     anchor = torch.arange(n, device=device)
     if not swap:

@@ -7,7 +7,7 @@ from torch import Tensor
 from ..distances import Distance
 from ..functional.losses import BatchAllStats, batch_all_triplet_loss
 from ..margins import MarginFunction
-from .base import TripletLossBase
+from .base import TripletLossBase, _check_class_size
 
 __all__ = ["BatchAllLoss"]
 
@@ -35,8 +35,8 @@ class BatchAllLoss(TripletLossBase):
     Args:
         margin, margin_fn, distance, validate: as in :class:`~tripletkit.BatchHardLoss`.
         reduction: ``"mean"``, ``"mean_active"`` or ``"sum"``.
-        max_positives: the most positives any anchor can have (``K − 1`` for S×K batches); keeps all shapes static
-            (no host sync) for ``torch.compile``/XLA. Default: read from the labels.
+        max_class_size: the largest class in any batch (``K`` for S×K batches); keeps all shapes static (no host
+            sync) for ``torch.compile``/XLA. Default: read from the labels. A larger class is a ``ValueError``.
         block_elements: triplets per anchor block.
 
     Example::
@@ -57,16 +57,14 @@ class BatchAllLoss(TripletLossBase):
         margin_fn: str | dict | MarginFunction = "hinge",
         distance: str | dict | Distance = "euclidean",
         reduction: str = "mean",
-        max_positives: int | None = None,
+        max_class_size: int | None = None,
         block_elements: int = 1 << 22,
         validate: bool = True,
     ) -> None:
         super().__init__(margin, margin_fn, distance, reduction, validate)
-        if max_positives is not None and (isinstance(max_positives, bool) or not isinstance(max_positives, int) or max_positives < 0):
-            raise ValueError(f"max_positives must be a non-negative int or None, got {max_positives!r}")
+        self.max_class_size = _check_class_size(max_class_size)
         if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
             raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
-        self.max_positives = max_positives
         self.block_elements = block_elements
 
     def forward(self, embeddings: Tensor, labels: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, BatchAllStats]:
@@ -78,8 +76,7 @@ class BatchAllLoss(TripletLossBase):
             distance=self.distance,
             margin_fn=self.margin_fn,
             reduction=self.reduction,
-            max_positives=self.max_positives,
+            max_class_size=self.max_class_size,
             block_elements=self.block_elements,
             return_stats=return_stats,
-            validate=self.validate,
         )

@@ -7,7 +7,7 @@ from torch import Tensor
 from ..distances import Distance
 from ..functional.losses import batch_hard_triplet_loss
 from ..margins import MarginFunction
-from .base import TripletLossBase
+from .base import TripletLossBase, _check_class_size
 
 __all__ = ["BatchHardLoss"]
 
@@ -43,6 +43,8 @@ class BatchHardLoss(TripletLossBase):
         distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, a config dict or a distance object.
         reduction: ``"mean"``, ``"mean_active"``, ``"sum"`` or ``"none"``.
         swap: anchor swap.
+        max_class_size: the largest class in any batch (``K`` for S×K batches): keeps shapes static under
+            ``torch.compile``/XLA while using the fast mining path. Default: read from the labels in eager mode.
         validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
 
     Example::
@@ -65,16 +67,19 @@ class BatchHardLoss(TripletLossBase):
         distance: str | dict | Distance = "euclidean",
         reduction: str = "mean",
         swap: bool = False,
+        max_class_size: int | None = None,
         validate: bool = True,
     ) -> None:
         super().__init__(margin, margin_fn, distance, reduction, validate)
         self.swap = bool(swap)
+        self.max_class_size = _check_class_size(max_class_size)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
         labels = self._check_inputs(embeddings, labels)
         return batch_hard_triplet_loss(
-            embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
+            embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap,
+            max_class_size=self.max_class_size,
         )
 
     def extra_repr(self) -> str:

@@ -85,8 +85,7 @@ class TripletLoss(TripletLossBase):
             )
         if isinstance(self.miner, BatchAllMiner):
             return batch_all_triplet_loss(
-                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction,
-                validate=self.validate,
+                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction
             )
         mined = self.miner(embeddings.detach(), labels)
         return triplet_margin_loss(
