@@ -1,8 +1,10 @@
 """Peak memory of one forward + backward, measured as RSS growth in a fresh subprocess.
 
-torch's CPU allocations do not show in ``torch.cuda`` statistics or in tracemalloc, so the probe reads the process's
-high-water mark (``ru_maxrss``) after the call and subtracts the resident size just before it (inputs and imports
-included in the baseline, not in the growth).
+torch's CPU allocations do not show in ``torch.cuda`` statistics or in tracemalloc, so the probe resets the kernel's
+resident-set high-water mark (``echo 5 > /proc/self/clear_refs``) just before the call, and reports ``VmHWM`` after it
+minus ``VmRSS`` before it: the inputs, the imports and any earlier transient peak are in the baseline, not the growth.
+Where the reset is not available, ``ru_maxrss`` (the peak since the process started) is used instead and the result
+says so.
 
     python -m bench.memory --impl ours --loss batch_all --margin hinge --n 4096
 """
@@ -21,14 +23,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def measure_here(impl: str, loss: str, margin: str, n: int, dtype: str) -> dict:
@@ -42,9 +51,14 @@ def measure_here(impl: str, loss: str, margin: str, n: int, dtype: str) -> dict:
     step(fn, *make_inputs(16, getattr(torch, dtype)))
     x, y = make_inputs(n, getattr(torch, dtype))
     gc.collect()
-    before = _rss_mib()
+    reset = _reset_peak()
+    before = _status_mib("VmRSS")
     step(fn, x, y)
-    return {"impl": impl, "loss": loss, "margin": margin, "n": n, "dtype": dtype, "peak_growth_mib": _maxrss_mib() - before}
+    peak = _status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "impl": impl, "loss": loss, "margin": margin, "n": n, "dtype": dtype,
+        "peak_growth_mib": max(peak - before, 0.0), "method": "VmHWM reset" if reset else "ru_maxrss",
+    }
 
 
 def measure(impl: str, loss: str, margin: str, n: int, dtype: str = "float32", timeout: float = 300) -> float | None:

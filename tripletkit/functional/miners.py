@@ -108,19 +108,30 @@ class ClassMembers(NamedTuple):
     class_size: Tensor
 
 
-def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMembers:
-    """:class:`ClassMembers` of ``labels``; ``max_class_size`` (``K`` for S×K batches) keeps the shape static,
-    otherwise it is read from the labels (one host sync). A class larger than ``max_class_size`` is an error."""
+class _SortedClasses(NamedTuple):
+    order: Tensor  # argsort of the labels (stable): each class is a contiguous run of order
+    rank: Tensor  # position of each sample in order
+    start: Tensor  # start of each sample's run
+    size: Tensor  # length of each sample's run (its class size)
+
+
+def _sorted_classes(labels: Tensor) -> _SortedClasses:
     n = labels.shape[0]
-    device = labels.device
     order = torch.argsort(labels, stable=True)
     ordered = labels[order]
     start_sorted = torch.searchsorted(ordered, ordered, right=False)
     size_sorted = torch.searchsorted(ordered, ordered, right=True) - start_sorted
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(n, device=device)
-    start = start_sorted[rank]
-    size = size_sorted[rank]
+    rank[order] = torch.arange(n, device=labels.device)
+    return _SortedClasses(order, rank, start_sorted[rank], size_sorted[rank])
+
+
+def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMembers:
+    """:class:`ClassMembers` of ``labels``; ``max_class_size`` (``K`` for S×K batches) keeps the shape static,
+    otherwise it is read from the labels (one host sync). A class larger than ``max_class_size`` is an error."""
+    n = labels.shape[0]
+    device = labels.device
+    order, _, start, size = _sorted_classes(labels)
     if max_class_size is None:
         max_class_size = int(size.max())
     elif not _compiling() and int(size.max()) > max_class_size:
@@ -180,22 +191,38 @@ def batch_hard_triplets_factored(
     return Triplets(anchor, positive, negative, valid, use_swap)
 
 
-def _uniform_choice(mask: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    # argmax of iid uniforms restricted to the mask picks a uniformly random True entry per row, at static shape.
-    scores = torch.rand(mask.shape, generator=generator, device=mask.device)
-    scores = scores.masked_fill(~mask, -1.0)
-    best, index = scores.max(1)
-    return index, best >= 0
+def _random_other_member(sc: _SortedClasses, rows: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """A uniformly random member of each row's class other than the row itself (u: uniforms in [0, 1))."""
+    start, size = sc.start[rows], sc.size[rows]
+    k = torch.floor(u * (size - 1).clamp_min(1)).long()
+    k = k + (k >= sc.rank[rows] - start).long()  # skip the row's own slot
+    k = torch.minimum(k, (size - 1).clamp_min(0))
+    return sc.order[start + k], size >= 2
+
+
+def _random_non_member(sc: _SortedClasses, rows: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """A uniformly random sample of another class than each row's: slot m of the sorted order with the row's own
+    run cut out."""
+    n = sc.order.shape[0]
+    start, size = sc.start[rows], sc.size[rows]
+    others = n - size
+    m = torch.minimum(torch.floor(u * others.clamp_min(1)).long(), (others - 1).clamp_min(0))
+    slot = torch.where(m < start, m, m + size).clamp(max=n - 1)
+    return sc.order[slot], others >= 1
 
 
 @torch.no_grad()
 def random_triplets(labels: Tensor, *, generator: torch.Generator | None = None) -> Triplets:
-    """One uniformly random positive and one uniformly random negative per anchor (the random-triplet baseline)."""
-    positive_mask, negative_mask = label_masks(labels)
-    positive, has_pos = _uniform_choice(positive_mask, generator)
-    negative, has_neg = _uniform_choice(negative_mask, generator)
-    anchor = torch.arange(labels.shape[0], device=labels.device)
-    return Triplets(anchor, positive, negative, has_pos & has_neg)
+    """One uniformly random positive and one uniformly random negative per anchor (the random-triplet baseline).
+
+    O(N log N) time and O(N) memory (a label sort, no N×N mask), static shapes."""
+    n = labels.shape[0]
+    sc = _sorted_classes(labels)
+    rows = torch.arange(n, device=labels.device)
+    u = torch.rand((2, n), generator=generator, device=labels.device, dtype=torch.float64)
+    positive, has_pos = _random_other_member(sc, rows, u[0])
+    negative, has_neg = _random_non_member(sc, rows, u[1])
+    return Triplets(rows, positive, negative, has_pos & has_neg)
 
 
 def batch_all_triplet_count(labels: Tensor) -> Tensor:
@@ -345,19 +372,5 @@ def _random_positive_sorted(
     labels: Tensor, anchors: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
     """A uniformly random other member of each anchor's class, in O(M log M) via a label sort."""
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    _, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    rank_of = torch.empty_like(order)
-    rank_of[order] = torch.arange(order.numel(), device=labels.device)
-    # the anchor's class run, found from the anchor's own position in the sorted order
-    run = torch.searchsorted(starts, rank_of[anchors], right=True) - 1
-    n_c = counts[run]
-    start = starts[run]
-    u = torch.rand(anchors.shape, generator=generator, device=labels.device)
-    offset = torch.floor(u * (n_c - 1).clamp_min(1)).long()
-    self_offset = rank_of[anchors] - start
-    offset = offset + (offset >= self_offset).long()  # skip the anchor itself
-    offset = torch.minimum(offset, (n_c - 1).clamp_min(0))
-    return order[start + offset], n_c >= 2
+    u = torch.rand(anchors.shape, generator=generator, device=labels.device, dtype=torch.float64)
+    return _random_other_member(_sorted_classes(labels), anchors, u)

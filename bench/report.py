@@ -1,0 +1,197 @@
+"""Turn pytest-benchmark's JSON into tables (pandas + tabulate), a plot, and docs/benchmarks.md.
+
+    pytest bench/ --benchmark-only --benchmark-json=bench/results.json
+    python bench/report.py bench/results.json            # prints the tables, writes docs/benchmarks.md + .png
+
+Times are medians of the measured rounds; ratios are taken within the one run, so they compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (description, loss, n values, metric, target, how the ratio is formed)
+TARGETS = [
+    ("batch-hard ≥ 3× faster than PML", "batch_hard", [1024, 2048, 4096], "pml_over_ours", 3.0, ">="),
+    ("batch-all ≥ 10× faster than PML", "batch_all", [1024], "pml_over_ours", 10.0, ">="),
+    ("batch-all peak memory growth < 512 MiB", "batch_all", [4096], "ours_mib", 512.0, "<"),
+    ("batch-hard ≤ 2.5× the N×N distance floor", "batch_hard", [4096], "ours_over_floor", 2.5, "<="),
+]
+
+
+def load(path: Path) -> tuple[pd.DataFrame, dict]:
+    data = json.loads(path.read_text())
+    rows = []
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "impl" not in info:
+            continue
+        rows.append(
+            {
+                "impl": info["impl"],
+                "loss": info["loss"],
+                "margin": info["margin"],
+                "n": info["n"],
+                "dtype": info["dtype"],
+                "threads": info.get("threads"),
+                "median_ms": b["stats"]["median"] * 1e3,
+                "peak_mib": info.get("peak_growth_mib"),
+            }
+        )
+    return pd.DataFrame(rows), data.get("machine_info", {}) | {"datetime": data.get("datetime")}
+
+
+def loss_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (loss, margin, dtype, N), the implementations side by side, with the ratios that matter."""
+    keys = ["loss", "margin", "dtype", "n"]
+    time = df.pivot_table(index=keys, columns="impl", values="median_ms", aggfunc="first")
+    mem = df.pivot_table(index=keys, columns="impl", values="peak_mib", aggfunc="first")
+    # the floor is the same N×N matrix for every loss and margin: share it across the group
+    floors = df[df.impl == "floor"].groupby(["dtype", "n"])["median_ms"].median()
+    out = pd.DataFrame(index=time.index)
+    for impl in ("ours", "floor", "naive", "pml"):
+        if impl == "floor":
+            out["floor_ms"] = [floors.get((d, n), math.nan) for (_, _, d, n) in time.index]
+        else:
+            out[f"{impl}_ms"] = time[impl] if impl in time else math.nan
+    out["pml_over_ours"] = out["pml_ms"] / out["ours_ms"]
+    out["ours_over_floor"] = out["ours_ms"] / out["floor_ms"]
+    out["naive_over_ours"] = out["naive_ms"] / out["ours_ms"]
+    for impl in ("ours", "pml"):
+        out[f"{impl}_mib"] = mem[impl] if impl in mem else math.nan
+    return out.reset_index().sort_values(keys)
+
+
+def target_rows(table: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for desc, loss, ns, metric, target, op in TARGETS:
+        for n in ns:
+            sel = table[(table.loss == loss) & (table.n == n) & (table.dtype == "float32")]
+            if metric.endswith("mib"):
+                sel = sel[sel.margin == "hinge"]  # memory is probed on the hinge rows (same temporaries)
+            for _, r in sel.iterrows():
+                v = r[metric]
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    mark = "not measured"
+                    shown = "–"
+                else:
+                    ok = {">=": v >= target, "<": v < target, "<=": v <= target}[op]
+                    mark = "pass" if ok else "short"
+                    shown = f"{v:.1f} MiB" if metric.endswith("mib") else f"{v:.2f}×"
+                rows.append([desc, r.margin, n, shown, mark])
+    return rows
+
+
+def _fmt(table: pd.DataFrame) -> pd.DataFrame:
+    t = table.copy()
+    for c in t.columns:
+        if c.endswith("_ms"):
+            t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+        elif c.endswith("_mib"):
+            t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+        elif c.startswith(("pml_over", "ours_over", "naive_over")):
+            t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    return t
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = table[(table.margin == "hinge") & (table.dtype == "float32")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for loss, style in (("batch_hard", "-"), ("batch_all", "--")):
+        s = sel[sel.loss == loss]
+        for impl, color in (("ours", "C0"), ("pml", "C1"), ("naive", "C2"), ("floor", "C7")):
+            col = f"{impl}_ms"
+            if col in s and s[col].notna().any():
+                axes[0].plot(s.n, s[col], style, color=color, marker="o", label=f"{loss} {impl}")
+            mcol = f"{impl}_mib"
+            if mcol in s and s[mcol].notna().any():
+                axes[1].plot(s.n, s[mcol].clip(lower=0.1), style, color=color, marker="o", label=f"{loss} {impl}")
+    axes[0].set(xscale="log", yscale="log", xlabel="N (S×K, K=8, D=128)", ylabel="forward+backward, ms (median)")
+    axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="peak RSS growth, MiB")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("tripletkit vs pytorch-metric-learning (hinge, float32)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("json", type=Path, nargs="?", default=ROOT / "bench" / "results.json")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    a = p.parse_args()
+    df, machine = load(a.json)
+    if df.empty:
+        raise SystemExit(f"{a.json}: no tripletkit benchmark rows (run pytest bench/ --benchmark-only --benchmark-json=...)")
+    table = loss_table(df)
+    shown = _fmt(table)
+    loss_md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)
+    targets_md = tabulate(target_rows(table), headers=["target", "margin", "N", "measured", "mark"], tablefmt="github")
+    print(loss_md)
+    print()
+    print(targets_md)
+    if a.no_write:
+        return
+    png = a.out.with_suffix(".png")
+    plot(table, png)
+    threads = sorted(set(df.threads.dropna().astype(int)))
+    header = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/report.py` from `pytest bench/ --benchmark-only --benchmark-json=bench/results.json`.",
+        "Measured numbers only; ratios are within one run. Times: medians of forward + backward; memory: peak RSS growth",
+        "of the same call in a fresh subprocess (sees torch's CPU allocations).",
+        "",
+        f"- date: {machine.get('datetime')}",
+        f"- machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
+        f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; threads used: {threads}",
+        f"- python {machine.get('python_version')}, {_versions()}",
+        "",
+        "## Targets (recorded, never asserted in CI)",
+        "",
+        targets_md,
+        "",
+        "## Losses (S×K batches, K = 8, D = 128)",
+        "",
+        "`floor`: one forward computation of the N×N squared-distance matrix; `naive`: dense autograd through all N³",
+        "triplets (N ≤ 512); `pml`: pytorch-metric-learning configured to the same definitions.",
+        "",
+        loss_md,
+        "",
+        f"![time and memory against N]({png.name})",
+        "",
+    ]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(header))
+    print(f"\nwrote {a.out} and {png}")
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    parts = []
+    for pkg in ("torch", "numpy", "pytorch-metric-learning"):
+        try:
+            parts.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{pkg} (not installed)")
+    return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
