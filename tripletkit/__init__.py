@@ -10,6 +10,9 @@ from .losses import LOSSES, BatchAllLoss, BatchHardLoss, TripletLoss
 from .margins import MARGINS, HingeMargin, MarginFunction, SoftplusMargin
 from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner
 from .registry import Registry, UnknownNameError
+from .diagnostics import CollapseMonitor, CollapseWarning, CollapseError, embedding_stats
+from .samplers import SAMPLERS, SymmetricSampler
+from .schedulers import SCHEDULERS, STUDY_STAGES, StageChange, SteppedBatchScheduler
 
 __version__ = "0.1.0"
 
@@ -18,7 +21,17 @@ __all__ = [
     "LOSSES",
     "MARGINS",
     "MINERS",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "STUDY_STAGES",
     "BatchAllLoss",
+    "CollapseError",
+    "CollapseMonitor",
+    "CollapseWarning",
+    "StageChange",
+    "SteppedBatchScheduler",
+    "SymmetricSampler",
+    "embedding_stats",
     "BatchAllMiner",
     "BatchHardLoss",
     "BatchHardMiner",

@@ -55,7 +55,7 @@ class BatchHardLoss(TripletLossBase):
         >>> emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 0.5]], requires_grad=True)
         >>> labels = torch.tensor([0, 0, 1, 1])
         >>> loss = loss_fn(emb, labels)   # hardest pairs: d_ap = 1 or 0.5, d_an ≈ 3
-        >>> float(loss)
+        >>> float(loss.detach())
         0.0
         >>> loss.backward()
     """

@@ -1,0 +1,243 @@
+"""Symmetric S×K batch sampling (registered as ``symmetric`` in ``SAMPLERS``).
+
+Batch-hard and batch-all need every batch to hold positives and negatives. Random batches from a dataset with
+thousands of classes (HPatches: one class per patch track) rarely do, so the study behind tripletkit built *symmetric*
+batches: S distinct classes × K samples each, ordered class-major (``[c₁]*K + [c₂]*K + …``), which guarantees
+``K²(K − 1)(S − 1)`` valid triplets and lets masks be precomputed from (S, K).
+
+Example::
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> import torch
+    >>> labels = torch.arange(100).repeat_interleave(5)           # 100 classes × 5 samples
+    >>> sampler = SymmetricSampler(labels, S=8, K=4, seed=0)
+    >>> loader = DataLoader(TensorDataset(torch.randn(500, 3), labels), batch_sampler=sampler)
+    >>> x, y = next(iter(loader))
+    >>> y.view(8, 4)[:, 0].unique().numel(), bool((y.view(8, 4) == y.view(8, 4)[:, :1]).all())
+    (8, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .registry import Registry
+
+__all__ = ["SAMPLERS", "SymmetricSampler"]
+
+SAMPLERS: Registry[Any] = Registry("sampler")
+
+_POLICIES = ("skip", "replace")
+
+
+def _labels_array(labels: object) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        arr = labels.detach().cpu().numpy()
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"labels must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("labels is empty")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+@SAMPLERS.register("symmetric")
+class SymmetricSampler(Sampler[list[int]]):
+    """A ``batch_sampler`` of S distinct classes × K samples, class-major.
+
+    Args:
+        labels: the dataset's labels (1-D integers: tensor, array or list), one per dataset index.
+        S: classes per batch.
+        K: samples per class (≥ 2: a class needs a positive).
+        seed: everything random derives from ``(seed, epoch, batch)``: the same seed gives the same batches, on every
+            rank and after a resume.
+        small_classes: what to do with a class that has fewer than K samples (but at least 2): ``"skip"`` (default:
+            it is not drawn at this K) or ``"replace"`` (its samples are all used once, the rest of the K slots are
+            drawn from it with replacement, so indices repeat inside that class's slots). A class with a single
+            sample can never yield a positive and is never drawn.
+        rank, world_size: sharding for distributed runs: rank r takes batches r, r + W, r + 2W, … of the common
+            sequence, so shards are disjoint; every rank gets the same number of batches (the tail that does not
+            divide evenly is dropped).
+
+    Epochs: each epoch shuffles the usable classes and visits every one of them once, S at a time; the last batch is
+    completed with other randomly chosen classes so that every batch has exactly S distinct classes. Within a class
+    the K samples are drawn without replacement, afresh at every visit.
+
+    S and K may change at any time (:meth:`set_batch_shape`, driven by the stepped-batch scheduler): the next batch
+    uses them, and the epoch still visits every remaining class. With a multi-worker DataLoader the change shows after
+    the batches already prefetched. ``len()`` is the number of batches this rank gets at the current S.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        S: int,
+        K: int,
+        *,
+        seed: int = 0,
+        small_classes: str = "skip",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.labels = _labels_array(labels)
+        if small_classes not in _POLICIES:
+            raise ValueError(f"small_classes must be one of {', '.join(map(repr, _POLICIES))}, got {small_classes!r}")
+        self.small_classes = small_classes
+        self.seed = _check_int(seed, "seed", 0)
+        self.world_size = _check_int(world_size, "world_size", 1)
+        self.rank = _check_int(rank, "rank", 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank must be < world_size ({self.world_size}), got {self.rank}")
+        classes, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        self.classes = classes
+        self.class_sizes = counts
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        self._members = [order[bounds[i] : bounds[i + 1]] for i in range(len(classes))]
+        self.epoch = 0
+        self._position = 0  # classes of the current epoch's queue already consumed
+        self._batch_index = 0  # batches generated in the current epoch (all ranks)
+        self.S, self.K = 0, 0
+        self.set_batch_shape(S, K)
+
+    # ------------------------------------------------------------------ configuration
+    def usable_classes(self, K: int | None = None) -> np.ndarray:
+        """Indices (into ``self.classes``) of the classes that can be drawn at K (default: the current K)."""
+        k = self.K if K is None else K
+        minimum = k if self.small_classes == "skip" else 2
+        return np.flatnonzero(self.class_sizes >= minimum)
+
+    def set_batch_shape(self, S: int, K: int) -> None:
+        """Change S and K; takes effect from the next batch."""
+        S = _check_int(S, "S", 1)
+        K = _check_int(K, "K", 2)
+        usable = len(self.usable_classes(K))
+        if S > usable:
+            raise ValueError(
+                f"S={S} is larger than the number of usable classes at K={K} ({usable} of {len(self.classes)}; "
+                f"small_classes={self.small_classes!r})"
+            )
+        self.S, self.K = S, K
+
+    @property
+    def batch_size(self) -> int:
+        return self.S * self.K
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (as ``DistributedSampler.set_epoch``); the next iteration begins it afresh."""
+        self.epoch = _check_int(epoch, "epoch", 0)
+        self._position = 0
+        self._batch_index = 0
+
+    # ------------------------------------------------------------------ iteration
+    def _queue(self) -> np.ndarray:
+        cached = getattr(self, "_queue_cache", None)
+        if cached is None or cached[0] != (self.seed, self.epoch):
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._queue_cache = ((self.seed, self.epoch), rng.permutation(len(self.classes)))
+        return self._queue_cache[1]
+
+    def __len__(self) -> int:
+        batches = -(-len(self.usable_classes()) // self.S)
+        return batches // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        queue = self._queue()
+        while True:
+            if self._position >= len(queue):
+                break
+            batch_index = self._batch_index
+            usable = self.class_sizes >= (self.K if self.small_classes == "skip" else 2)
+            # take the next S usable classes from the queue
+            chosen: list[int] = []
+            pos = self._position
+            while pos < len(queue) and len(chosen) < self.S:
+                c = int(queue[pos])
+                pos += 1
+                if usable[c]:
+                    chosen.append(c)
+            if not chosen:
+                self._position = pos
+                break
+            rng = np.random.default_rng([self.seed, self.epoch, batch_index, 1])
+            if len(chosen) < self.S:
+                # complete the last batch with other usable classes, so it still has S distinct ones
+                pool = np.setdiff1d(np.flatnonzero(usable), chosen)
+                chosen.extend(int(c) for c in rng.choice(pool, self.S - len(chosen), replace=False))
+            self._position = pos
+            self._batch_index = batch_index + 1
+            last_full = (self._last_batch_count() // self.world_size) * self.world_size
+            if batch_index >= last_full and self.world_size > 1:
+                break  # the uneven tail: dropped so every rank takes the same number of steps
+            if batch_index % self.world_size != self.rank:
+                continue
+            yield self._draw(chosen, rng)
+        # an epoch that ran to the end starts the next one from scratch
+        self.epoch += 1
+        self._position = 0
+        self._batch_index = 0
+
+    def _last_batch_count(self) -> int:
+        # batches in the whole epoch if S and K stay as they are from here on
+        return self._batch_index + -(-self._remaining_usable() // self.S)
+
+    def _remaining_usable(self) -> int:
+        queue = self._queue()[self._position :]
+        usable = self.class_sizes >= (self.K if self.small_classes == "skip" else 2)
+        return int(usable[queue].sum())
+
+    def _draw(self, chosen: list[int], rng: np.random.Generator) -> list[int]:
+        batch: list[int] = []
+        for c in chosen:
+            members = self._members[c]
+            if len(members) >= self.K:
+                picked = rng.choice(members, self.K, replace=False)
+            else:  # small_classes == "replace": every member once, then with replacement
+                extra = rng.choice(members, self.K - len(members), replace=True)
+                picked = rng.permutation(np.concatenate([members, extra]))
+            batch.extend(int(i) for i in picked)
+        return batch
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue mid-epoch with the same batches."""
+        return {
+            "epoch": self.epoch,
+            "position": self._position,
+            "batch_index": self._batch_index,
+            "S": self.S,
+            "K": self.K,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
+        self.set_batch_shape(state["S"], state["K"])
+        self.epoch = int(state["epoch"])
+        self._position = int(state["position"])
+        self._batch_index = int(state["batch_index"])
+
+    def __repr__(self) -> str:
+        return (
+            f"SymmetricSampler(S={self.S}, K={self.K}, classes={len(self.classes)}, usable={len(self.usable_classes())}, "
+            f"small_classes={self.small_classes!r}, rank={self.rank}, world_size={self.world_size}, seed={self.seed})"
+        )
