@@ -1,0 +1,1 @@
+"""The HPatches descriptor-learning pipeline built on tripletkit (data, evaluation; training to come)."""

@@ -1,0 +1,141 @@
+"""Descriptor sets in memory and in the benchmark's CSV layout (``<dir>/<sequence>/<type>.csv``).
+
+A :class:`DescriptorSet` maps sequence name → image type (``ref``, ``e1`` … ``t5``) → (N, D) float32 array; row i of
+every type of a sequence describes the same physical patch. CSV files have no header, one descriptor per row, ``,``
+(the python benchmark's default) or ``;`` (MATLAB, N-HPatches) as delimiter.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["IMAGE_TYPES", "DescriptorSet", "read_descriptor_dir", "write_descriptor_dir", "DescriptorFileError"]
+
+IMAGE_TYPES = ("ref",) + tuple(f"{level}{i}" for level in "eht" for i in range(1, 6))
+
+
+class DescriptorFileError(ValueError):
+    """A descriptor file that cannot be used; the message names the file."""
+
+
+class DescriptorSet(Mapping):
+    """Validated descriptors: every sequence has all 16 types with the same N and every type the same D."""
+
+    def __init__(self, data: Mapping[str, Mapping[str, np.ndarray]], *, types: Iterable[str] = IMAGE_TYPES) -> None:
+        self.types = tuple(types)
+        self._data: dict[str, dict[str, np.ndarray]] = {}
+        dim = None
+        for seq, per_type in data.items():
+            missing = [t for t in self.types if t not in per_type]
+            if missing:
+                raise ValueError(f"sequence {seq!r} has no descriptors for {', '.join(missing)}")
+            arrays = {}
+            n = None
+            for t in self.types:
+                a = np.asarray(per_type[t])
+                if a.ndim != 2:
+                    raise ValueError(f"{seq}/{t}: descriptors must be (N, D), got shape {a.shape}")
+                if not np.isfinite(a).all():
+                    raise ValueError(f"{seq}/{t}: descriptors contain NaN or inf")
+                if n is None:
+                    n = a.shape[0]
+                elif a.shape[0] != n:
+                    raise ValueError(f"{seq}/{t}: {a.shape[0]} descriptors but {seq}/ref has {n}")
+                if dim is None:
+                    dim = a.shape[1]
+                elif a.shape[1] != dim:
+                    raise ValueError(f"{seq}/{t}: dimension {a.shape[1]}, expected {dim}")
+                arrays[t] = np.ascontiguousarray(a, dtype=np.float32)
+            self._data[seq] = arrays
+        self.dim = dim or 0
+
+    def __getitem__(self, seq: str) -> dict[str, np.ndarray]:
+        try:
+            return self._data[seq]
+        except KeyError:
+            raise KeyError(f"no descriptors for sequence {seq!r}") from None
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def num_patches(self, seq: str) -> int:
+        return self[seq]["ref"].shape[0]
+
+    def require(self, sequences: Iterable[str]) -> None:
+        missing = [s for s in sequences if s not in self._data]
+        if missing:
+            raise ValueError(f"descriptors are missing for {len(missing)} sequence(s) of the split: {', '.join(missing[:8])}")
+
+
+def _read_csv(path: Path, delimiter: str) -> np.ndarray:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DescriptorFileError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        a = np.loadtxt(io.StringIO(text), delimiter=delimiter, dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise DescriptorFileError(f"{path}: not a '{delimiter}'-delimited numeric table ({e})") from e
+    if a.size == 0:
+        raise DescriptorFileError(f"{path}: no descriptors")
+    if not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).any(1).argmax())
+        raise DescriptorFileError(f"{path}: row {bad + 1} contains NaN or inf")
+    return a.astype(np.float32)
+
+
+def read_descriptor_dir(
+    root: str | os.PathLike, *, sequences: Iterable[str] | None = None, delimiter: str = ","
+) -> DescriptorSet:
+    """Read ``root/<sequence>/<type>.csv`` for the given sequences (default: every sub-folder).
+
+    Errors name the file: unreadable, not numeric, NaN/inf, a row count that differs from the sequence's ``ref.csv``,
+    or a dimension that differs from the first file read.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DescriptorFileError(f"{root}: not a directory")
+    seqs = sorted(p.name for p in root.iterdir() if p.is_dir()) if sequences is None else list(sequences)
+    data: dict[str, dict[str, np.ndarray]] = {}
+    dim = None
+    for seq in seqs:
+        per_type = {}
+        n = None
+        for t in IMAGE_TYPES:
+            path = root / seq / f"{t}.csv"
+            if not path.exists():
+                raise DescriptorFileError(f"{path}: missing")
+            a = _read_csv(path, delimiter)
+            if n is None:
+                n = a.shape[0]
+            elif a.shape[0] != n:
+                raise DescriptorFileError(f"{path}: {a.shape[0]} rows, but {root / seq / 'ref.csv'} has {n}")
+            if dim is None:
+                dim = a.shape[1]
+            elif a.shape[1] != dim:
+                raise DescriptorFileError(f"{path}: {a.shape[1]} columns, but the descriptors read so far have {dim}")
+            per_type[t] = a
+        data[seq] = per_type
+    return DescriptorSet(data)
+
+
+def write_descriptor_dir(descriptors: Mapping[str, Mapping[str, np.ndarray]], root: str | os.PathLike, *, delimiter: str = ",", fmt: str = "%.9g") -> None:
+    """Write the benchmark layout; ``read_descriptor_dir`` reads it back exactly for float32 values."""
+    root = Path(root)
+    for seq, per_type in descriptors.items():
+        (root / seq).mkdir(parents=True, exist_ok=True)
+        for t in IMAGE_TYPES:
+            path = root / seq / f"{t}.csv"
+            tmp = path.with_suffix(".csv.tmp")
+            np.savetxt(tmp, np.asarray(per_type[t], dtype=np.float32), delimiter=delimiter, fmt=fmt)
+            os.replace(tmp, path)
+
+

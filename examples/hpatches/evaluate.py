@@ -1,0 +1,340 @@
+"""HPatches evaluation: patch verification, image matching and patch retrieval, as the reference python benchmark
+defines them (hpatches-benchmark, ``python/utils/tasks.py``; restated in docs/hpatches-evaluation.md), vectorised.
+
+    python examples/hpatches/evaluate.py --descr-dir DIR --tasks TASKDIR --split a [--delimiter ,]
+        [--ties reference|pessimistic] [--json OUT] [--figure OUT.png]
+
+From Python: ``evaluate(descriptors, tasks_dir, split)`` on a :class:`DescriptorSet` held in memory.
+
+Numbers are fractions in [0, 1], aggregated as the benchmark reports them: verification = mean of the six
+imbalanced APs ({inter, intra} × {e, h, t}); matching = mean AP over all (sequence, level, image 1–5); retrieval =
+mean AP over queries, the 7 pool sizes and the 3 levels. ``ties="reference"`` reproduces the benchmark (a stable
+sort: retrieval ranks a positive ahead of an equally distant distractor, so constant descriptors score 1.0);
+``ties="pessimistic"`` ranks every tie against the descriptor. Each result records which was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hpatches.descriptors import DescriptorSet, read_descriptor_dir  # noqa: E402
+from hpatches.tasks import (  # noqa: E402
+    Split,
+    VerificationPairs,
+    generate_verification,
+    load_split,
+    read_retrieval,
+    read_verification,
+    write_verification,
+)
+from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_average_precision, roc_auc  # noqa: E402
+
+LEVELS = ("e", "h", "t")
+POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)
+
+__all__ = ["evaluate", "evaluate_verification", "evaluate_matching", "evaluate_retrieval", "results_table", "LEVELS", "POOL_SIZES"]
+
+
+def _type(image_id: int, level: str) -> str:
+    return "ref" if image_id == 0 else f"{level}{image_id}"
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances in float64 from float32 descriptors, as scipy's cdist (which upcasts)."""
+    a = a.double()
+    b = b.double()
+    center = torch.cat([a, b]).mean(0, keepdim=True)
+    a, b = a - center, b - center
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return d2.clamp_min_(0).sqrt_()
+
+
+# --------------------------------------------------------------------------------------------------- verification
+def _pair_distances(desc: DescriptorSet, pairs: VerificationPairs, level: str, chunk: int = 200_000) -> np.ndarray:
+    seqs = sorted(set(pairs.s1) | set(pairs.s2))
+    desc.require(seqs)
+    # one table per level: row offset of (sequence, image id) in a stacked array
+    blocks, offsets, pos = [], {}, 0
+    for s in seqs:
+        for image_id in range(6):
+            a = desc[s][_type(image_id, level)]
+            offsets[(s, image_id)] = pos
+            blocks.append(a)
+            pos += a.shape[0]
+    table = torch.from_numpy(np.concatenate(blocks))
+    n_of = {s: desc.num_patches(s) for s in seqs}
+
+    def rows(s: np.ndarray, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        base = np.fromiter((offsets[(a, b)] for a, b in zip(s, t)), dtype=np.int64, count=len(s))
+        limit = np.fromiter((n_of[a] for a in s), dtype=np.int64, count=len(s))
+        if (idx < 0).any() or (idx >= limit).any():
+            bad = int(np.flatnonzero((idx < 0) | (idx >= limit))[0])
+            raise ValueError(f"verification pair row {bad}: patch index {idx[bad]} out of range for {s[bad]} ({limit[bad]} patches)")
+        return base + idx
+
+    r1 = torch.from_numpy(rows(pairs.s1, pairs.t1, pairs.idx1))
+    r2 = torch.from_numpy(rows(pairs.s2, pairs.t2, pairs.idx2))
+    out = np.empty(len(pairs), dtype=np.float64)
+    for c0 in range(0, len(pairs), chunk):
+        a = table[r1[c0 : c0 + chunk]].double()
+        b = table[r2[c0 : c0 + chunk]].double()
+        out[c0 : c0 + chunk] = torch.linalg.vector_norm(a - b, dim=1).numpy()
+    return out
+
+
+def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPairs], ties: str = "reference") -> dict:
+    """Per level and negative kind: imbalanced AP (all negatives + the first 20 % of positives) and balanced
+    ROC-AUC; ``mean`` = the mean of the six imbalanced APs."""
+    n_pos = len(pairs["pos"])
+    n_imb = n_pos + int(n_pos * 0.2)
+    res: dict = {}
+    for level in LEVELS:
+        d_pos = _pair_distances(desc, pairs["pos"], level)
+        for kind in ("intra", "inter"):
+            d_neg = _pair_distances(desc, pairs[f"neg_{kind}"], level)
+            labels = np.concatenate([np.zeros(len(d_neg), bool), np.ones(n_pos, bool)])
+            scores = -np.concatenate([d_neg, d_pos])
+            res.setdefault(level, {})[kind] = {
+                "ap": average_precision(scores[:n_imb], labels[:n_imb], ties=ties),
+                "auc": roc_auc(scores, labels, ties=ties),
+            }
+    res["mean"] = float(np.mean([res[lv][k]["ap"] for lv in LEVELS for k in ("intra", "inter")]))
+    return res
+
+
+# --------------------------------------------------------------------------------------------------- matching
+def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str = "reference") -> dict:
+    """AP and success rate per (sequence, level, image); ``mean`` over all of them."""
+    sequences = list(sequences)
+    desc.require(sequences)
+    per: dict = {}
+    for seq in sequences:
+        ref = torch.from_numpy(desc[seq]["ref"])
+        for level in LEVELS:
+            for i in range(1, 6):
+                dist = _sq_dists(ref, torch.from_numpy(desc[seq][f"{level}{i}"])).numpy()
+                ap, sr = matching_average_precision(dist, ties=ties)
+                per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": sr}
+    aps = [per[s][lv][i]["ap"] for s in per for lv in LEVELS for i in range(1, 6)]
+    return {"per_sequence": per, "mean": float(np.mean(aps))}
+
+
+# --------------------------------------------------------------------------------------------------- retrieval
+def evaluate_retrieval(
+    desc: DescriptorSet, queries, distractors, ties: str = "reference", pool_sizes: tuple[int, ...] = POOL_SIZES
+) -> dict:
+    """AP per (query, level, pool size), from the ranks of the 5 positives in each pool.
+
+    A pool of size k is the 5 positives (the query's patch in images 1–5 at that level) followed by the first k − 5
+    distractors whose sequence differs from the query's, in file order; a positive's rank is 1 + the number of
+    positives and of those distractors nearer to the query (``reference``: strictly nearer; ``pessimistic``: nearer
+    or equally near). ``mean`` averages over queries, pool sizes and levels.
+    """
+    q_seq = queries["s"].to_numpy(object)
+    q_idx = queries["idx"].to_numpy(np.int64)
+    d_seq = distractors["s"].to_numpy(object)
+    d_idx = distractors["idx"].to_numpy(np.int64)
+    desc.require(sorted(set(q_seq) | set(d_seq)))
+    d_ref = torch.from_numpy(np.stack([desc[s]["ref"][i] for s, i in zip(d_seq, d_idx)]))
+    ap = np.zeros((len(q_seq), len(LEVELS), len(pool_sizes)))
+    for seq in sorted(set(q_seq)):
+        rows = np.flatnonzero(q_seq == seq)
+        keep = np.flatnonzero(d_seq != seq)
+        q_ref = torch.from_numpy(desc[seq]["ref"][q_idx[rows]])
+        dd = _sq_dists(q_ref, d_ref[keep])  # (q, L) in file order
+        cuts = [min(k - 5, dd.shape[1]) for k in pool_sizes]
+        for li, level in enumerate(LEVELS):
+            targets = [torch.from_numpy(desc[seq][f"{level}{i}"][q_idx[rows]]).double() for i in range(1, 6)]
+            pos = torch.stack([torch.linalg.vector_norm(q_ref.double() - t, dim=1) for t in targets], 1)
+            pos_sorted = torch.sort(pos, 1).values  # (q, 5): the j-th positive has j − 1 positives ahead
+            counts = torch.zeros((len(rows), 5, len(cuts)), dtype=torch.int64)
+            for c0 in range(0, len(rows), 128):
+                block = dd[c0 : c0 + 128, None, :]
+                thresholds = pos_sorted[c0 : c0 + 128, :, None]
+                ahead = block <= thresholds if ties == "pessimistic" else block < thresholds
+                start = 0
+                running = torch.zeros(ahead.shape[:2], dtype=torch.int64)
+                for ki, cut in enumerate(cuts):  # distractors ahead within each pool, by segments
+                    if cut > start:
+                        running = running + ahead[:, :, start:cut].sum(2)
+                        start = cut
+                    counts[c0 : c0 + 128, :, ki] = running
+            ranks = counts.numpy() + np.arange(1, 6)[None, :, None]
+            ap[rows, li, :] = average_precision_from_ranks(np.moveaxis(ranks, 1, 2), 5)
+    return {
+        "per_level": {lv: float(ap[:, li].mean()) for li, lv in enumerate(LEVELS)},
+        "per_pool_size": {int(k): float(ap[:, :, ki].mean()) for ki, k in enumerate(pool_sizes)},
+        "per_query": ap,
+        "mean": float(ap.mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- all tasks
+def ensure_verification(tasks_dir: Path, split: Split, desc: DescriptorSet, progress: bool = True) -> dict[str, VerificationPairs]:
+    """Read the split's verification files, or generate them (benchmark generator, real counts) and write them."""
+    try:
+        return read_verification(tasks_dir, split.name)
+    except ValueError:
+        pass
+    counts = {s: desc.num_patches(s) for s in split.test}
+    pairs = generate_verification(split.test, counts, progress=progress)
+    write_verification(pairs, tasks_dir, split.name)
+    return pairs
+
+
+def evaluate(
+    desc: DescriptorSet,
+    tasks_dir: str | Path,
+    split: str,
+    *,
+    tasks: Iterable[str] = ("verification", "matching", "retrieval"),
+    ties: str = "reference",
+    generate_missing: bool = False,
+    progress: bool = True,
+) -> dict:
+    """All requested tasks on in-memory descriptors. Returns a JSON-ready dict (plus ``per_query`` arrays)."""
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    tasks_dir = Path(tasks_dir)
+    sp = load_split(tasks_dir, split)
+    desc.require(sp.test)
+    out: dict = {"split": split, "ties": ties, "sequences": len(sp.test), "timing_s": {}}
+    for task in tasks:
+        t0 = time.perf_counter()
+        if task == "verification":
+            pairs = ensure_verification(tasks_dir, sp, desc, progress) if generate_missing else read_verification(tasks_dir, sp.name)
+            out["verification_detail"] = evaluate_verification(desc, pairs, ties)
+            out["verification"] = out["verification_detail"]["mean"]
+        elif task == "matching":
+            out["matching_detail"] = evaluate_matching(desc, sp.test, ties)
+            out["matching"] = out["matching_detail"]["mean"]
+        elif task == "retrieval":
+            r = read_retrieval(tasks_dir, sp.name)
+            out["retrieval_detail"] = evaluate_retrieval(desc, r.queries, r.distractors, ties)
+            out["retrieval"] = out["retrieval_detail"]["mean"]
+        else:
+            raise ValueError(f"unknown task {task!r}; valid: verification, matching, retrieval")
+        out["timing_s"][task] = time.perf_counter() - t0
+    return out
+
+
+def breakdown(result: dict) -> "pd.DataFrame":  # noqa: F821
+    """Long table: task, level, kind (inter/intra for verification; i_/v_ for matching and retrieval), value."""
+    import pandas as pd
+
+    rows = []
+    if "verification_detail" in result:
+        v = result["verification_detail"]
+        for lv in LEVELS:
+            for kind in ("inter", "intra"):
+                rows.append(("verification", lv, kind, v[lv][kind]["ap"]))
+    if "matching_detail" in result:
+        per = result["matching_detail"]["per_sequence"]
+        for lv in LEVELS:
+            for prefix in ("i_", "v_"):
+                vals = [per[s][lv][i]["ap"] for s in per if s.startswith(prefix) for i in range(1, 6)]
+                if vals:
+                    rows.append(("matching", lv, prefix, float(np.mean(vals))))
+    if "retrieval_detail" in result:
+        r = result["retrieval_detail"]
+        for lv in LEVELS:
+            rows.append(("retrieval", lv, "all", r["per_level"][lv]))
+    return pd.DataFrame(rows, columns=["task", "level", "kind", "mAP"])
+
+
+def results_table(result: dict) -> str:
+    """Markdown: the headline numbers, then the per-level/per-kind breakdown."""
+    from tabulate import tabulate
+
+    head = [[t, f"{result[t]:.4f}"] for t in ("verification", "matching", "retrieval") if t in result]
+    lines = [f"HPatches split {result['split']} ({result['sequences']} test sequences), ties: {result['ties']}", ""]
+    lines.append(tabulate(head, headers=["task", "mAP"], tablefmt="github"))
+    df = breakdown(result)
+    if not df.empty:
+        wide = df.pivot_table(index=["task", "kind"], columns="level", values="mAP").reset_index()
+        lines += ["", tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f")]
+    return "\n".join(lines)
+
+
+def results_figure(result: dict, path: str | Path, title: str = "") -> None:
+    """Bar chart per task and level (e/h/t), like the benchmark's summary figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = breakdown(result)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    colors = {"e": "#4caf50", "h": "#ff9800", "t": "#f44336"}
+    for ax, task in zip(axes, ("verification", "matching", "retrieval")):
+        sub = df[df.task == task]
+        if sub.empty:
+            ax.set_axis_off()
+            continue
+        kinds = list(dict.fromkeys(sub.kind))
+        width = 0.8 / len(LEVELS)
+        for li, lv in enumerate(LEVELS):
+            vals = [float(sub[(sub.kind == k) & (sub.level == lv)].mAP.iloc[0]) for k in kinds]
+            ax.bar(np.arange(len(kinds)) + li * width, vals, width, label=lv, color=colors[lv])
+        ax.set_xticks(np.arange(len(kinds)) + width, kinds)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{task}: {result[task]:.3f}")
+    axes[0].legend(title="level")
+    fig.suptitle(title or f"HPatches split {result['split']} (ties: {result['ties']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if k != "per_query"}
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate HPatches descriptors (verification, matching, retrieval).")
+    p.add_argument("--descr-dir", required=True, type=Path, help="descriptor CSVs: DIR/<sequence>/<type>.csv")
+    p.add_argument("--tasks", required=True, type=Path, help="the benchmark's tasks folder (splits.json, verif_*, retr_*)")
+    p.add_argument("--split", default="a")
+    p.add_argument("--delimiter", default=",")
+    p.add_argument("--ties", default="reference", choices=TIES)
+    p.add_argument("--task", action="append", choices=["verification", "matching", "retrieval"], help="default: all three")
+    p.add_argument("--generate-missing", action="store_true", help="generate absent verification files (benchmark generator, real counts) into --tasks")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--figure", type=Path, help="write the bar chart here (PNG)")
+    a = p.parse_args(argv)
+    try:
+        sp = load_split(a.tasks, a.split)
+        desc = read_descriptor_dir(a.descr_dir, sequences=sp.test, delimiter=a.delimiter)
+        result = evaluate(desc, a.tasks, a.split, tasks=a.task or ("verification", "matching", "retrieval"), ties=a.ties, generate_missing=a.generate_missing)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(results_table(result))
+    print("\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timing_s"].items()))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(_jsonable(result), indent=1))
+    if a.figure:
+        results_figure(result, a.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""HPatches benchmark task files: splits, verification pairs, retrieval queries/distractors.
+
+Reads the benchmark's ``tasks/`` layout (``splits/splits.json`` or ``splits.json``, ``verif_{pos,neg_intra,neg_inter}
+_split-X.csv``, ``retr_{queries,distractors}_split-X.csv``) and regenerates missing verification files with the
+benchmark's own generator and seed (numpy's legacy ``RandomState(42)``, the same calls in the same order), which
+reproduces the official files exactly when the real per-sequence patch counts are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Split", "VerificationPairs", "RetrievalTask", "load_splits", "load_split", "read_verification", "read_retrieval", "generate_verification", "write_verification", "find_task_file"]
+
+VERIF_KINDS = ("pos", "neg_intra", "neg_inter")
+
+
+class TaskFileError(ValueError):
+    """A task file that is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    test: tuple[str, ...]
+    train: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VerificationPairs:
+    """Rows of ``s1,t1,idx1,s2,t2,idx2`` as arrays (sequence names as object arrays, image ids 0–5)."""
+
+    s1: np.ndarray
+    t1: np.ndarray
+    idx1: np.ndarray
+    s2: np.ndarray
+    t2: np.ndarray
+    idx2: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.s1)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"s1": self.s1, "t1": self.t1, "idx1": self.idx1, "s2": self.s2, "t2": self.t2, "idx2": self.idx2})
+
+
+@dataclass(frozen=True)
+class RetrievalTask:
+    queries: pd.DataFrame  # columns s, idx
+    distractors: pd.DataFrame  # columns s, idx
+
+
+def find_task_file(tasks_dir: str | os.PathLike, name: str) -> Path:
+    root = Path(tasks_dir)
+    for candidate in (root / name, root / "splits" / name):
+        if candidate.exists():
+            return candidate
+    raise TaskFileError(f"{root / name}: missing")
+
+
+def load_splits(tasks_dir: str | os.PathLike) -> dict[str, Split]:
+    path = find_task_file(tasks_dir, "splits.json")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TaskFileError(f"{path}: not readable JSON ({e})") from e
+    out = {}
+    for name, entry in raw.items():
+        if "test" not in entry:
+            raise TaskFileError(f"{path}: split {name!r} has no 'test' list")
+        out[name] = Split(name=entry.get("name", name), test=tuple(entry["test"]), train=tuple(entry.get("train", ())))
+    return out
+
+
+def load_split(tasks_dir: str | os.PathLike, name: str) -> Split:
+    splits = load_splits(tasks_dir)
+    if name not in splits:
+        raise ValueError(f"unknown split {name!r}; the splits file has {', '.join(sorted(splits))}")
+    return splits[name]
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise TaskFileError(f"{path}: cannot read ({e})") from e
+    if list(df.columns) != columns:
+        raise TaskFileError(f"{path}: header {list(df.columns)}, expected {columns}")
+    return df
+
+
+def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, VerificationPairs]:
+    """The three verification files of a split, keyed ``pos``, ``neg_intra``, ``neg_inter``."""
+    out = {}
+    for kind in VERIF_KINDS:
+        path = find_task_file(tasks_dir, f"verif_{kind}_split-{split}.csv")
+        df = _read_table(path, ["s1", "t1", "idx1", "s2", "t2", "idx2"])
+        out[kind] = VerificationPairs(
+            df.s1.to_numpy(object), df.t1.to_numpy(np.int64), df.idx1.to_numpy(np.int64),
+            df.s2.to_numpy(object), df.t2.to_numpy(np.int64), df.idx2.to_numpy(np.int64),
+        )
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) != 1:
+        raise TaskFileError(f"{tasks_dir}: verification files of split {split} differ in length: {lengths}")
+    return out
+
+
+def read_retrieval(tasks_dir: str | os.PathLike, split: str) -> RetrievalTask:
+    q = _read_table(find_task_file(tasks_dir, f"retr_queries_split-{split}.csv"), ["s", "idx"])
+    d = _read_table(find_task_file(tasks_dir, f"retr_distractors_split-{split}.csv"), ["s", "idx"])
+    return RetrievalTask(q, d)
+
+
+def generate_verification(
+    test_sequences: list[str] | tuple[str, ...], counts: dict[str, int], n_pairs: int = 1_000_000, progress: bool = True
+) -> dict[str, VerificationPairs]:
+    """The benchmark's ``gen_verif``: the same legacy-RNG calls in the same order, so the official files come out
+    when ``counts`` are the real patch counts (PNG height / 65) and ``test_sequences`` the splits.json order.
+
+    Draw order (each consumes the RNG, so it is kept exactly): ``seed(42)``; ``s = choice(test, n)``; for every row
+    two distinct patch indices ``choice(arange(N_s), 2, replace=False)``; then for every row two distinct image ids
+    ``choice(arange(5), 2, replace=False)`` (ids 0–4 only); then ``s_inter = choice(test, n)`` and for every row
+    ``randint(N_{s_inter})``. About a minute for 1M pairs (one permutation of N per row, as the original).
+    """
+    from tqdm import tqdm
+
+    missing = [s for s in test_sequences if s not in counts]
+    if missing:
+        raise ValueError(f"patch counts missing for {', '.join(missing[:5])}")
+    rs = np.random.RandomState(42)
+    s = draw_sequences(rs, test_sequences, n_pairs)
+    idx = draw_index_pairs(rs, s, counts, progress)
+    types = np.empty((n_pairs, 2), dtype=np.int64)
+    for r in tqdm(range(n_pairs), desc="verification pairs: image ids", disable=not progress, mininterval=1.0):
+        types[r] = rs.choice(np.arange(5), 2, replace=False)
+    s_inter = rs.choice(np.asarray(test_sequences, dtype=object), n_pairs)
+    idx_inter = np.array([rs.randint(counts[k]) for k in s_inter], dtype=np.int64)
+    return {
+        "pos": VerificationPairs(s, types[:, 0], idx[:, 0], s, types[:, 1], idx[:, 0]),
+        "neg_intra": VerificationPairs(s, types[:, 0], idx[:, 0], s, types[:, 1], idx[:, 1]),
+        "neg_inter": VerificationPairs(s, types[:, 0], idx[:, 0], s_inter, types[:, 1], idx_inter),
+    }
+
+
+def draw_sequences(rs: np.random.RandomState, test_sequences, n: int) -> np.ndarray:
+    """Step 2 of the generator: ``choice(test, n)`` in splits.json order."""
+    return rs.choice(np.asarray(test_sequences, dtype=object), n)
+
+
+def draw_index_pairs(rs: np.random.RandomState, s: np.ndarray, counts: dict[str, int], progress: bool = False) -> np.ndarray:
+    """Step 3: for every row in order, two distinct patch indices ``choice(arange(N_s), 2, replace=False)``."""
+    from tqdm import tqdm
+
+    idx = np.empty((len(s), 2), dtype=np.int64)
+    for r in tqdm(range(len(s)), desc="verification pairs: indices", disable=not progress, mininterval=1.0):
+        idx[r] = rs.choice(np.arange(counts[s[r]]), 2, replace=False)
+    return idx
+
+
+def write_verification(pairs: dict[str, VerificationPairs], tasks_dir: str | os.PathLike, split: str) -> None:
+    root = Path(tasks_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for kind, p in pairs.items():
+        path = root / f"verif_{kind}_split-{split}.csv"
+        tmp = path.with_suffix(".tmp")
+        p.to_frame().to_csv(tmp, index=False)
+        os.replace(tmp, path)

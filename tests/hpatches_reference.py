@@ -1,0 +1,105 @@
+"""A literal, slow re-statement of the HPatches python benchmark's evaluation (docs Appendix A), loop by loop.
+
+Independent of tripletkit.metrics and of examples/hpatches/evaluate.py: its own PR/ROC code, per-pair and
+per-query Python loops, full stable sorts. Used to check the fast implementation and as the speed baseline in bench/.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LEVELS = ("e", "h", "t")
+POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)
+
+
+def _curve(scores, labels, numpos=None):
+    scores = list(map(float, scores))
+    labels = list(map(int, labels))
+    p = sum(labels)
+    n = len(labels) - p
+    if numpos is not None:
+        scores += [-math.inf] * (numpos - p)
+        labels += [1] * (numpos - p)
+        p = numpos
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python's sort is stable
+    order = [i for i in order if scores[i] > -math.inf]
+    tp, fp = [0], [0]
+    for i in order:
+        tp.append(tp[-1] + labels[i])
+        fp.append(fp[-1] + (1 - labels[i]))
+    return np.array(tp, float), np.array(fp, float), p, n
+
+
+def _trapz(y, x):
+    return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
+
+
+def ap(scores, labels, numpos=None):
+    tp, fp, p, _ = _curve(scores, labels, numpos)
+    recall = tp / max(p, 1e-10)
+    precision = np.maximum(tp, 1e-10) / np.maximum(tp + fp, 1e-10)
+    return _trapz(precision, recall)
+
+
+def auc(scores, labels):
+    tp, fp, p, n = _curve(scores, labels)
+    return _trapz(tp / max(p, 1e-10), fp / max(n, 1e-10))
+
+
+def _t(image_id, level):
+    return "ref" if image_id == 0 else f"{level}{image_id}"
+
+
+def _d(u, v):
+    return float(np.sqrt(np.sum((np.asarray(u, np.float64) - np.asarray(v, np.float64)) ** 2)))
+
+
+def verification(desc, pairs):
+    """pairs: dict kind -> list of (s1, t1, i1, s2, t2, i2)."""
+    out = {}
+    for level in LEVELS:
+        dist = {k: [_d(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows] for k, rows in pairs.items()}
+        n_pos = len(dist["pos"])
+        n_imb = n_pos + int(n_pos * 0.2)
+        for kind in ("intra", "inter"):
+            neg = dist[f"neg_{kind}"]
+            scores = [-x for x in neg + dist["pos"]]
+            labels = [0] * len(neg) + [1] * n_pos
+            out[(level, kind)] = (ap(scores[:n_imb], labels[:n_imb]), auc(scores, labels))
+    return out, float(np.mean([v[0] for v in out.values()]))
+
+
+def matching(desc, sequences):
+    aps = []
+    for seq in sequences:
+        ref = desc[seq]["ref"]
+        for level in LEVELS:
+            for i in range(1, 6):
+                tgt = desc[seq][f"{level}{i}"]
+                nn, nn_d = [], []
+                for r in range(len(ref)):
+                    ds = [_d(ref[r], tgt[c]) for c in range(len(tgt))]
+                    j = int(np.argmin(ds))  # the first index on ties
+                    nn.append(j)
+                    nn_d.append(ds[j])
+                correct = [int(j == r) for r, j in enumerate(nn)]
+                aps.append(ap([-x for x in nn_d], correct, numpos=len(ref)))
+    return float(np.mean(aps))
+
+
+def retrieval(desc, queries, distractors, pool_sizes=POOL_SIZES):
+    """queries, distractors: lists of (sequence, index)."""
+    aps = []
+    for qs, qi in queries:
+        q = desc[qs]["ref"][qi]
+        others = [(s, i) for s, i in distractors if s != qs]
+        for level in LEVELS:
+            pos = [_d(q, desc[qs][f"{level}{k}"][qi]) for k in range(1, 6)]
+            dis = [_d(q, desc[s]["ref"][i]) for s, i in others]
+            full = pos + dis
+            labels = [1] * 5 + [0] * len(dis)
+            for k in pool_sizes:
+                aps.append(ap([-x for x in full[:k]], labels[:k]))
+    return float(np.mean(aps))
