@@ -103,3 +103,78 @@ def retrieval(desc, queries, distractors, pool_sizes=POOL_SIZES):
             for k in pool_sizes:
                 aps.append(ap([-x for x in full[:k]], labels[:k]))
     return float(np.mean(aps))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The same definitions at the reference benchmark's speed: its algorithmic structure (a per-pair distance loop for
+# verification, one cdist per image pair for matching, one full stable sort per query × level × pool size for
+# retrieval, numpy PR curves), used as the speed baseline in bench/. Not used for correctness checks.
+
+
+def _ap_numpy(scores, labels, numpos=None):
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    p = int(labels.sum())
+    if numpos is not None:
+        scores = np.hstack((scores, np.repeat(-np.inf, numpos - p)))
+        labels = np.hstack((labels, np.ones(numpos - p)))
+        p = numpos
+    order = np.argsort(-scores, kind="mergesort")
+    stop = int(np.max(np.where(scores[order] > -np.inf)))
+    ranked = labels[order[: stop + 1]]
+    tp = np.hstack((0, np.cumsum(ranked == 1)))
+    fp = np.hstack((0, np.cumsum(ranked == 0)))
+    recall = tp / float(max(p, 1e-10))
+    precision = np.maximum(tp, 1e-10) / np.maximum(tp + fp, 1e-10)
+    return float(np.trapezoid(precision, recall))
+
+
+def verification_at_reference_speed(desc, pairs):
+    from scipy.spatial import distance
+
+    aps = []
+    for level in LEVELS:
+        dist = {}
+        for kind, rows in pairs.items():
+            dist[kind] = np.array([distance.euclidean(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows])
+        n_pos = len(dist["pos"])
+        n_imb = n_pos + int(n_pos * 0.2)
+        labels = np.concatenate([np.zeros(n_pos), np.ones(n_pos)])
+        for kind in ("intra", "inter"):
+            scores = -np.concatenate([dist[f"neg_{kind}"], dist["pos"]])
+            aps.append(_ap_numpy(scores[:n_imb], labels[:n_imb]))
+    return float(np.mean(aps))
+
+
+def matching_at_reference_speed(desc, sequences):
+    from scipy.spatial import distance
+
+    aps = []
+    for seq in sequences:
+        ref = desc[seq]["ref"]
+        gt = np.arange(ref.shape[0])
+        for level in LEVELS:
+            for i in range(1, 6):
+                d = distance.cdist(ref, desc[seq][f"{level}{i}"], "euclidean")
+                nn = np.argmin(d, axis=1)
+                aps.append(_ap_numpy(-d[gt, nn], nn == gt, numpos=len(gt)))
+    return float(np.mean(aps))
+
+
+def retrieval_at_reference_speed(desc, queries, distractors, pool_sizes=POOL_SIZES):
+    from scipy.spatial import distance
+
+    q_desc = np.stack([desc[s]["ref"][i] for s, i in queries])
+    d_desc = np.stack([desc[s]["ref"][i] for s, i in distractors])
+    d_seq = np.array([s for s, _ in distractors], dtype=object)
+    full = distance.cdist(q_desc, d_desc, "euclidean")
+    aps = []
+    for qi, (qs, idx) in enumerate(queries):
+        row = full[qi][d_seq != qs]
+        for level in LEVELS:
+            pos = distance.cdist(q_desc[qi : qi + 1], np.stack([desc[qs][f"{level}{k}"][idx] for k in range(1, 6)]))[0]
+            scores = np.hstack((pos, row))
+            labels = np.hstack((np.ones(5), np.zeros(len(row))))
+            for k in pool_sizes:
+                aps.append(_ap_numpy(-scores[:k], labels[:k]))
+    return float(np.mean(aps))

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +39,7 @@ from hpatches.tasks import (  # noqa: E402
     read_verification,
     write_verification,
 )
-from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_average_precision, roc_auc  # noqa: E402
+from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, roc_auc  # noqa: E402
 
 LEVELS = ("e", "h", "t")
 POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)
@@ -61,36 +62,42 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------- verification
-def _pair_distances(desc: DescriptorSet, pairs: VerificationPairs, level: str, chunk: int = 200_000) -> np.ndarray:
-    seqs = sorted(set(pairs.s1) | set(pairs.s2))
-    desc.require(seqs)
-    # one table per level: row offset of (sequence, image id) in a stacked array
-    blocks, offsets, pos = [], {}, 0
-    for s in seqs:
-        for image_id in range(6):
-            a = desc[s][_type(image_id, level)]
-            offsets[(s, image_id)] = pos
-            blocks.append(a)
-            pos += a.shape[0]
-    table = torch.from_numpy(np.concatenate(blocks))
-    n_of = {s: desc.num_patches(s) for s in seqs}
+class _PairIndex:
+    """Rows of a stacked (sequence × image id × patch) table for a set of pairs; the layout is the same for every
+    level, so the row numbers are computed once and the table is re-stacked per level."""
 
-    def rows(s: np.ndarray, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        base = np.fromiter((offsets[(a, b)] for a, b in zip(s, t)), dtype=np.int64, count=len(s))
-        limit = np.fromiter((n_of[a] for a in s), dtype=np.int64, count=len(s))
-        if (idx < 0).any() or (idx >= limit).any():
-            bad = int(np.flatnonzero((idx < 0) | (idx >= limit))[0])
-            raise ValueError(f"verification pair row {bad}: patch index {idx[bad]} out of range for {s[bad]} ({limit[bad]} patches)")
-        return base + idx
+    def __init__(self, desc: DescriptorSet, pairs: dict[str, VerificationPairs]) -> None:
+        seqs = sorted(set().union(*(set(p.s1) | set(p.s2) for p in pairs.values())))
+        desc.require(seqs)
+        self.desc, self.seqs = desc, seqs
+        counts = np.array([desc.num_patches(s) for s in seqs], dtype=np.int64)
+        # offset[seq, image id] of patch 0 in the stacked table
+        self.offset = (np.cumsum(np.repeat(counts, 6)) - np.repeat(counts, 6)).reshape(len(seqs), 6)
+        self.rows = {}
+        for kind, p in pairs.items():
+            self.rows[kind] = (self._rows(p.s1, p.t1, p.idx1, counts, kind), self._rows(p.s2, p.t2, p.idx2, counts, kind))
 
-    r1 = torch.from_numpy(rows(pairs.s1, pairs.t1, pairs.idx1))
-    r2 = torch.from_numpy(rows(pairs.s2, pairs.t2, pairs.idx2))
-    out = np.empty(len(pairs), dtype=np.float64)
-    for c0 in range(0, len(pairs), chunk):
-        a = table[r1[c0 : c0 + chunk]].double()
-        b = table[r2[c0 : c0 + chunk]].double()
-        out[c0 : c0 + chunk] = torch.linalg.vector_norm(a - b, dim=1).numpy()
-    return out
+    def _rows(self, s, t, idx, counts, kind) -> torch.Tensor:
+        sid = pd.Categorical(s, categories=self.seqs).codes.astype(np.int64)
+        if (t < 0).any() or (t > 5).any():
+            raise ValueError(f"verification {kind}: image ids must be 0..5")
+        bad = (idx < 0) | (idx >= counts[sid])
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"verification {kind} row {r}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)")
+        return torch.from_numpy(self.offset[sid, t] + idx)
+
+    def table(self, level: str) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([self.desc[s][_type(i, level)] for s in self.seqs for i in range(6)]))
+
+    def distances(self, table: torch.Tensor, kind: str, chunk: int = 250_000) -> np.ndarray:
+        # float32 arithmetic, as the benchmark's per-pair scipy.spatial.distance.euclidean on float32 descriptors
+        r1, r2 = self.rows[kind]
+        out = np.empty(len(r1), dtype=np.float64)
+        for c0 in range(0, len(r1), chunk):
+            diff = table.index_select(0, r1[c0 : c0 + chunk]) - table.index_select(0, r2[c0 : c0 + chunk])
+            out[c0 : c0 + chunk] = torch.linalg.vector_norm(diff, dim=1).numpy()
+        return out
 
 
 def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPairs], ties: str = "reference") -> dict:
@@ -98,11 +105,13 @@ def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPair
     ROC-AUC; ``mean`` = the mean of the six imbalanced APs."""
     n_pos = len(pairs["pos"])
     n_imb = n_pos + int(n_pos * 0.2)
+    index = _PairIndex(desc, pairs)
     res: dict = {}
     for level in LEVELS:
-        d_pos = _pair_distances(desc, pairs["pos"], level)
+        table = index.table(level)
+        d_pos = index.distances(table, "pos")
         for kind in ("intra", "inter"):
-            d_neg = _pair_distances(desc, pairs[f"neg_{kind}"], level)
+            d_neg = index.distances(table, f"neg_{kind}")
             labels = np.concatenate([np.zeros(len(d_neg), bool), np.ones(n_pos, bool)])
             scores = -np.concatenate([d_neg, d_pos])
             res.setdefault(level, {})[kind] = {
@@ -114,18 +123,58 @@ def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPair
 
 
 # --------------------------------------------------------------------------------------------------- matching
+def _nearest_neighbours(ref: torch.Tensor, target: torch.Tensor, ties: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact nearest neighbour of every ref row in target: (index, float64 distance, unique-minimum flag).
+
+    A float32 Gram matrix proposes the two nearest candidates per row; where they are clearly apart the first is the
+    exact argmin, and its distance is recomputed from the difference in float64 (as scipy's cdist). Rows whose two
+    best candidates lie within the float32 error are recomputed exactly over all candidates, so the result is the
+    float64 argmin with numpy's first-index tie rule in every case.
+    """
+    r32, t32 = ref.float(), target.float()
+    center = torch.cat([r32, t32]).mean(0, keepdim=True)
+    a, b = r32 - center, t32 - center
+    d2 = torch.addmm((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :], a, b.T, alpha=-2.0)
+    best2 = torch.topk(d2, k=min(2, d2.shape[1]), dim=1, largest=False)
+    nn = best2.indices[:, 0].clone()
+    scale = (a * a).sum(1) + (b * b).sum(1).max()
+    if d2.shape[1] > 1:
+        close = (best2.values[:, 1] - best2.values[:, 0]) <= 1e-4 * scale + 1e-30
+    else:
+        close = torch.zeros(d2.shape[0], dtype=torch.bool)
+    unique = ~close
+    redo = torch.nonzero(close).flatten()
+    r64, t64 = ref.double(), target.double()
+    if redo.numel():
+        exact = torch.cdist(r64[redo], t64, compute_mode="donot_use_mm_for_euclid_dist")
+        nn[redo] = torch.argmin(exact, 1)  # first index among exact ties, as numpy
+        m = exact.min(1, keepdim=True).values
+        unique[redo] = (exact == m).sum(1) == 1
+    dist = torch.linalg.vector_norm(r64 - t64[nn], dim=1)
+    return nn.numpy(), dist.numpy(), unique.numpy()
+
+
 def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str = "reference") -> dict:
-    """AP and success rate per (sequence, level, image); ``mean`` over all of them."""
+    """AP and success rate per (sequence, level, image); ``mean`` over all of them.
+
+    Each reference patch takes its nearest target patch (the first index among exact ties; ``pessimistic``: a tie
+    counts as wrong); AP over the N matches scored by −distance, ``numpos = N``.
+    """
     sequences = list(sequences)
     desc.require(sequences)
     per: dict = {}
     for seq in sequences:
         ref = torch.from_numpy(desc[seq]["ref"])
+        n = ref.shape[0]
+        rows = np.arange(n)
         for level in LEVELS:
             for i in range(1, 6):
-                dist = _sq_dists(ref, torch.from_numpy(desc[seq][f"{level}{i}"])).numpy()
-                ap, sr = matching_average_precision(dist, ties=ties)
-                per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": sr}
+                nn, dist, unique = _nearest_neighbours(ref, torch.from_numpy(desc[seq][f"{level}{i}"]), ties)
+                correct = nn == rows
+                if ties == "pessimistic":
+                    correct &= unique
+                ap = average_precision(-dist, correct, numpos=n, ties=ties)
+                per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": float(correct.mean())}
     aps = [per[s][lv][i]["ap"] for s in per for lv in LEVELS for i in range(1, 6)]
     return {"per_sequence": per, "mean": float(np.mean(aps))}
 

@@ -1,0 +1,61 @@
+"""A synthetic HPatches split of realistic size for the evaluation benchmark: 40 sequences with the real split-a
+patch counts (lower bounds from ../shared/data when present, else 1,300 each), 128-D descriptors whose noise grows
+from e to h to t, 1M verification pairs per file (uniform, not the legacy generator: the timing does not depend on
+which pairs), 10,000 queries and 20,000 distractors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from hpatches.descriptors import IMAGE_TYPES, DescriptorSet  # noqa: E402
+from hpatches.tasks import VerificationPairs  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "hpatches-tasks"
+
+
+def split_a_counts(n_sequences: int = 40) -> dict[str, int]:
+    if (SHARED / "sequence_patch_counts.json").exists():
+        meta = json.loads((SHARED / "sequence_patch_counts.json").read_text())["sequences"]
+        test = json.loads((SHARED / "splits.json").read_text())["a"]["test"][:n_sequences]
+        return {s: int(meta[s].get("exact", meta[s]["lower_bound"])) for s in test}
+    return {f"{'iv'[k % 2]}_seq{k:03d}": 1300 for k in range(n_sequences)}
+
+
+def make_split(tmp: Path, n_pairs: int = 1_000_000, n_queries: int = 10_000, n_distractors: int = 20_000, dim: int = 128, seed: int = 0, n_sequences: int = 40):
+    rng = np.random.default_rng(seed)
+    counts = split_a_counts(n_sequences)
+    seqs = list(counts)
+    data = {}
+    for s in seqs:
+        base = rng.standard_normal((counts[s], dim), dtype=np.float32)
+        data[s] = {t: base if t == "ref" else base + {"e": 0.4, "h": 0.8, "t": 1.2}[t[0]] * rng.standard_normal(base.shape, dtype=np.float32) for t in IMAGE_TYPES}
+    desc = DescriptorSet(data)
+    (tmp / "splits.json").write_text(json.dumps({"syn": {"name": "syn", "test": seqs, "train": []}}))
+    s1 = rng.choice(np.asarray(seqs, dtype=object), n_pairs)
+    n1 = np.array([counts[s] for s in s1])
+    i = (rng.random(n_pairs) * n1).astype(np.int64)
+    j = (i + 1 + (rng.random(n_pairs) * (n1 - 1)).astype(np.int64)) % n1
+    t = np.stack([rng.permutation(5)[:2] for _ in range(1000)])[rng.integers(0, 1000, n_pairs)]
+    s2 = rng.choice(np.asarray(seqs, dtype=object), n_pairs)
+    k = (rng.random(n_pairs) * np.array([counts[s] for s in s2])).astype(np.int64)
+    pairs = {
+        "pos": VerificationPairs(s1, t[:, 0], i, s1, t[:, 1], i),
+        "neg_intra": VerificationPairs(s1, t[:, 0], i, s1, t[:, 1], j),
+        "neg_inter": VerificationPairs(s1, t[:, 0], i, s2, t[:, 1], k),
+    }
+    for kind, p in pairs.items():
+        p.to_frame().to_csv(tmp / f"verif_{kind}_split-syn.csv", index=False)
+    cells = np.array([(si, x) for si, s in enumerate(seqs) for x in range(counts[s])])
+    pick = rng.permutation(len(cells))[: n_queries + n_distractors]
+    q, d = cells[pick[:n_queries]], cells[pick[n_queries:]]
+    pd.DataFrame({"s": [seqs[a] for a in q[:, 0]], "idx": q[:, 1]}).to_csv(tmp / "retr_queries_split-syn.csv", index=False)
+    pd.DataFrame({"s": [seqs[a] for a in d[:, 0]], "idx": d[:, 1]}).to_csv(tmp / "retr_distractors_split-syn.csv", index=False)
+    return desc
