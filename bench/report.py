@@ -27,9 +27,23 @@ TARGETS = [
 ]
 
 
-def evaluation_table(path: Path) -> str | None:
+def _read(paths: list[Path]) -> dict:
+    """One or more pytest-benchmark JSON files as one (benchmarks concatenated; a later file's row replaces an
+    earlier one of the same name, so a suite can be re-run alone)."""
+    merged: dict = {}
+    by_name: dict = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        merged = merged or data
+        for b in data["benchmarks"]:
+            by_name[b["fullname"]] = b
+    merged["benchmarks"] = list(by_name.values())
+    return merged
+
+
+def evaluation_table(paths: list[Path]) -> str | None:
     """The HPatches evaluation suite: ours vs the reference algorithm per task, and the split-a-sized run."""
-    data = json.loads(path.read_text())
+    data = _read(paths)
     rows = []
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
@@ -39,21 +53,21 @@ def evaluation_table(path: Path) -> str | None:
             ours = info.get(f"{task}_ours_s")
             refs = info.get(f"{task}_reference_s")
             rows.append([
-                info["size"], task, f"{ours:.2f}" if ours is not None else "",
+                info["size"], info.get("threads", ""), task, f"{ours:.2f}" if ours is not None else "",
                 f"{refs:.2f}" if refs is not None else "", f"{refs / ours:.1f}×" if refs and ours else "",
                 f"{info[f'{task}_abs_diff']:.1e}" if f"{task}_abs_diff" in info else "",
             ])
         if info["size"] == "reduced":
             total_o = sum(info[f"{t}_ours_s"] for t in ("verification", "matching", "retrieval"))
             total_r = sum(info[f"{t}_reference_s"] for t in ("verification", "matching", "retrieval"))
-            rows.append(["reduced", "all three", f"{total_o:.2f}", f"{total_r:.2f}", f"{total_r / total_o:.1f}×", ""])
+            rows.append(["reduced", info.get("threads", ""), "all three", f"{total_o:.2f}", f"{total_r:.2f}", f"{total_r / total_o:.1f}×", ""])
     if not rows:
         return None
-    return tabulate(rows, headers=["split", "task", "ours s", "reference s", "speed-up", "|Δ mAP|"], tablefmt="github")
+    return tabulate(rows, headers=["split", "threads", "task", "ours s", "reference s", "speed-up", "|Δ mAP|"], tablefmt="github")
 
 
-def load(path: Path) -> tuple[pd.DataFrame, dict]:
-    data = json.loads(path.read_text())
+def load(paths: list[Path]) -> tuple[pd.DataFrame, dict]:
+    data = _read(paths)
     rows = []
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
@@ -146,6 +160,10 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                 axes[1].plot(s.n, s[mcol].clip(lower=0.1), style, color=color, marker="o", label=f"{loss} {impl}")
     axes[0].set(xscale="log", yscale="log", xlabel="N (S×K, K=8, D=128)", ylabel="forward+backward, ms (median)")
     axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="peak RSS growth, MiB")
+    ns = sorted(sel.n.unique())
+    for ax in axes:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.suptitle("tripletkit vs pytorch-metric-learning (hinge, float32)")
@@ -156,7 +174,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", type=Path, nargs="?", default=ROOT / "bench" / "results.json")
+    p.add_argument("json", type=Path, nargs="*", default=[ROOT / "bench" / "results.json"], help="pytest-benchmark JSON file(s)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     a = p.parse_args()
