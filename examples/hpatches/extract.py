@@ -176,18 +176,17 @@ def select_frames(frames: Frames, seq: SequenceImages, max_patches: int, rng: np
     frames = frames.subset(_inside_all(frames, seq))
     order = rng.permutation(len(frames))
     kept: list[int] = []
-    kx, ky, kr = np.zeros(0), np.zeros(0), np.zeros(0)
+    kx, ky, kr = (np.zeros(len(frames)) for _ in range(3))
     for i in order:
-        if len(kept):
-            near = np.abs(kx - frames.x[i]) < kr + frames.radius[i]
-            if near.any():
+        m = len(kept)
+        if m:
+            near = np.flatnonzero(np.abs(kx[:m] - frames.x[i]) < kr[:m] + frames.radius[i])
+            if len(near):
                 iou = _disc_iou(frames.x[i], frames.y[i], frames.radius[i], kx[near], ky[near], kr[near])
                 if (iou > 0.5).any():
                     continue
+        kx[m], ky[m], kr[m] = frames.x[i], frames.y[i], frames.radius[i]
         kept.append(i)
-        kx = np.append(kx, frames.x[i])
-        ky = np.append(ky, frames.y[i])
-        kr = np.append(kr, frames.radius[i])
     kept_arr = np.array(kept, dtype=np.int64)
     if len(kept_arr) > max_patches:
         kept_arr = rng.choice(kept_arr, max_patches, replace=False)
@@ -285,37 +284,44 @@ def _blurred(image: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(image if s == 0 else gaussian_filter(image, s).astype(np.float32)) for s in _BLUR_SIGMAS]
 
 
-def _sample(stack: list[torch.Tensor], level_of: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def _sample(stack: list[torch.Tensor], level_of: np.ndarray, xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
     """Bilinear samples at pixel coordinates (n, P, P) from the blur level chosen per patch."""
     h, w = stack[0].shape
-    out = np.zeros(xs.shape, dtype=np.float32)
+    out = np.zeros(tuple(xs.shape), dtype=np.float32)
     for lv, img in enumerate(stack):
-        sel = np.flatnonzero(level_of == lv)
+        sel = torch.from_numpy(np.flatnonzero(level_of == lv))
         if not len(sel):
             continue
-        gx = torch.from_numpy(xs[sel] / (w - 1) * 2 - 1).float()
-        gy = torch.from_numpy(ys[sel] / (h - 1) * 2 - 1).float()
+        gx = xs[sel] * (2.0 / (w - 1)) - 1
+        gy = ys[sel] * (2.0 / (h - 1)) - 1
         grid = torch.stack([gx, gy], -1).reshape(1, -1, xs.shape[-1], 2)
         s = F.grid_sample(img[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-        out[sel] = s.reshape(len(sel), *xs.shape[1:]).numpy()
+        out[sel.numpy()] = s.reshape(len(sel), *xs.shape[1:]).numpy()
     return out
 
 
-def _patch_coordinates(frames: Frames, jitter: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Image-1 coordinates (n, P, P) of each patch pixel: centre + R·Rot(θ)·J(u), u on [−1, 1]²."""
-    g = np.linspace(-1, 1, PATCH)
-    u = np.stack(np.meshgrid(g, g), -1)  # (P, P, 2): (x, y)
-    u = np.broadcast_to(u, (len(frames), PATCH, PATCH, 2))
-    if jitter is not None:
-        u = np.einsum("nij,npqj->npqi", jitter[:, :, :2], u) + jitter[:, None, None, :, 2]
+def _patch_coordinates(frames: Frames, jitter: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-1 coordinates (n, P, P) of each patch pixel: the affine map u ↦ c + R·Rot(θ)·(M u + t), u on [−1, 1]²
+    (M, t: the jitter; identity for the reference patch)."""
+    n = len(frames)
     c, s = np.cos(frames.theta), np.sin(frames.theta)
-    r = frames.radius
-    x = frames.x[:, None, None] + r[:, None, None] * (c[:, None, None] * u[..., 0] - s[:, None, None] * u[..., 1])
-    y = frames.y[:, None, None] + r[:, None, None] * (s[:, None, None] * u[..., 0] + c[:, None, None] * u[..., 1])
+    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2) * frames.radius[:, None, None]  # (n, 2, 2)
+    if jitter is None:
+        a, t = rot, np.zeros((n, 2))
+    else:
+        a, t = rot @ jitter[:, :, :2], np.einsum("nij,nj->ni", rot, jitter[:, :, 2])
+    b = np.stack([frames.x, frames.y], -1) + t
+    a_t = torch.from_numpy(a).float()
+    b_t = torch.from_numpy(b).float()
+    g = torch.linspace(-1, 1, PATCH)
+    uy, ux = torch.meshgrid(g, g, indexing="ij")
+    x = a_t[:, 0, 0, None, None] * ux + a_t[:, 0, 1, None, None] * uy + b_t[:, 0, None, None]
+    y = a_t[:, 1, 0, None, None] * ux + a_t[:, 1, 1, None, None] * uy + b_t[:, 1, None, None]
     return x, y
 
 
-def _project(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _project(h: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = h.astype(np.float64)
     den = h[2, 0] * x + h[2, 1] * y + h[2, 2]
     return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / den, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / den
 
