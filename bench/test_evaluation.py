@@ -71,7 +71,9 @@ def test_evaluation_reduced_ours_vs_reference(benchmark, reduced):
         assert abs(result[task] - reference[task]) < 1e-6, task  # the numbers must agree for the timing to count
 
 
-def test_evaluation_split_a_size(benchmark, tmp_path):
+def test_evaluation_split_a_size(benchmark, tmp_path, request):
+    if request.config.getoption("--bench-profile") != "large":
+        pytest.skip("the split-a-sized evaluation (about a minute) runs in --bench-profile large")
     torch.set_num_threads(threads())
     desc = make_split(tmp_path)
     result = benchmark.pedantic(evaluate, args=(desc, tmp_path, "syn"), kwargs={"progress": False}, rounds=1, iterations=1)
