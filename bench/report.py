@@ -73,7 +73,7 @@ def pipeline_tables(paths: list[Path]) -> tuple[str | None, str | None]:
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if info.get("suite") == "pipeline":
-            fmt = ("bf16 " if info.get("bf16") else "") + ("channels_last" if info["channels_last"] else "eager")
+            fmt = ("bf16 " if info.get("bf16") else "") + ("channels_last" if info["channels_last"] else "eager") + (" + compile" if info.get("compiled") else "")
             rows.append({"model": info["model"], "device": info["device"], "threads": info["threads"], "batch": info["batch"],
                          "format": fmt, "step_ms": b["stats"]["median"] * 1e3, "patches/s": info["patches_per_s"]})
         elif info.get("suite") == "study":

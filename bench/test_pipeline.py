@@ -41,11 +41,13 @@ def pytest_generate_tests(metafunc):  # pragma: no cover - collection hook
         metafunc.parametrize("study_batch", [64, 512, 1024] + ([4096] if large else []))
 
 
-def _step_fn(name: str, batch: int, device: str, channels_last: bool, bf16: bool):
+def _step_fn(name: str, batch: int, device: str, channels_last: bool, bf16: bool, compiled: bool = False):
     torch.manual_seed(0)
     model = MODELS[name]().to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if compiled:
+        model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = (torch.rand(batch, 1, 32, 32, device=device) * 255).contiguous(memory_format=fmt)
     k = 8 if batch >= 64 else 2
@@ -66,15 +68,15 @@ def _step_fn(name: str, batch: int, device: str, channels_last: bool, bf16: bool
     return step
 
 
-def _run(benchmark, name, batch, device, channels_last, bf16=False, suite="pipeline"):
+def _run(benchmark, name, batch, device, channels_last, bf16=False, suite="pipeline", compiled=False):
     torch.set_num_threads(threads())
-    step = _step_fn(name, batch, device, channels_last, bf16)
+    step = _step_fn(name, batch, device, channels_last, bf16, compiled)
     rounds = 3 if batch <= 256 else 1
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=1, iterations=1)
     median = benchmark.stats.stats.median
     benchmark.group = f"{suite}-{name}"
     benchmark.extra_info.update(
-        suite=suite, model=name, batch=batch, device=device, channels_last=channels_last, bf16=bf16,
+        suite=suite, model=name, batch=batch, device=device, channels_last=channels_last, bf16=bf16, compiled=compiled,
         threads=torch.get_num_threads(), patches_per_s=batch / median,
     )
     return median
@@ -87,10 +89,11 @@ def test_training_step(benchmark, name, batch, device, channels_last):
     _run(benchmark, name, batch, device, channels_last)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast rows are measured on a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast and torch.compile rows are measured on a GPU")
+@pytest.mark.parametrize("compiled", [False, True], ids=["bf16", "bf16+compile"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_training_step_bf16(benchmark, name, batch):
-    _run(benchmark, name, batch, "cuda", True, bf16=True)
+def test_training_step_bf16(benchmark, name, batch, compiled):
+    _run(benchmark, name, batch, "cuda", True, bf16=True, compiled=compiled)
 
 
 @pytest.mark.parametrize("device", DEVICES)
