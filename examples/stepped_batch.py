@@ -3,7 +3,6 @@
     python examples/stepped_batch.py --out runs/stepped                     # embedded default data
     python examples/stepped_batch.py --data DIR --out runs/stepped --steps 2000 --margin-fn softplus
     python examples/stepped_batch.py --out runs/stepped --resume            # continue an interrupted run exactly
-    python examples/stepped_batch.py --out runs/collapse --weight-decay 50  # forced collapse: the monitor reports it
 
 S×K batches come from :class:`tripletkit.SymmetricSampler` over the training sequences' physical patches (one class
 per patch, 16 images each); :class:`tripletkit.SteppedBatchScheduler` grows (S, K) while the smoothed loss stays under
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpatches.data import load_dataset  # noqa: E402
-from hpatches.models import L2Net  # noqa: E402
+from hpatches.models import CourseworkDescriptor, L2Net  # noqa: E402
 from tripletkit import BatchHardLoss, CollapseMonitor, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
 
 DEFAULT_STAGES = "16x2,16x4,32x4,64x4,64x8,128x8"
@@ -62,8 +61,10 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoothing", type=float, default=0.9)
     p.add_argument("--guard-patience", type=int, default=0, help="steps at or above the threshold before going back a stage (default 4 × patience; -1: no guard)")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="Adam's L2 penalty; a huge value (e.g. 50) forces a real collapse, which the monitor reports")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--model", default="l2net", choices=["l2net", "coursework"],
+                   help="l2net (HardNet's layout) or the coursework descriptor (affine BN, no L2 normalisation)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--monitor-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -95,9 +96,12 @@ def run(argv: list[str] | None = None) -> dict:
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     random.seed(a.seed)
-    model = L2Net().to(memory_format=torch.channels_last)
+    model = (L2Net() if a.model == "l2net" else CourseworkDescriptor()).to(memory_format=torch.channels_last)
     loss_fn = BatchHardLoss(margin=a.margin, margin_fn=a.margin_fn)
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    if a.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay)
     guard_patience = a.guard_patience or 4 * a.patience
     sched = SteppedBatchScheduler(
         parse_stages(a.stages), margin_fn=loss_fn, patience=a.patience, smoothing=a.smoothing,

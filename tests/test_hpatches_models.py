@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from hpatches.models import DeepUNet, L2Net, ShallowUNet, build_denoiser  # noqa: E402
+from hpatches.models import CourseworkDescriptor, DeepUNet, L2Net, ShallowUNet, build_denoiser  # noqa: E402
 
 
 def _params(m):
@@ -46,3 +46,11 @@ def test_shapes_normalisation_and_input_scale_invariance():
     assert build_denoiser("none") is None
     with pytest.raises(ValueError, match="unknown denoiser 'medium'; valid: none, shallow, deep"):
         build_denoiser("medium")
+
+
+def test_coursework_descriptor_is_l2net_with_bias_affine_bn_and_no_normalisation():
+    m = CourseworkDescriptor()
+    # L2-Net's 1,334,560 weights + 7 conv biases (32+32+64+64+128+128+128) + affine BN γ, β (2 × the same channels)
+    assert _params(m) == 1_334_560 + 576 + 2 * 576
+    y = m.eval()(torch.rand(3, 1, 32, 32) * 255)
+    assert y.shape == (3, 128) and not torch.allclose(y.norm(dim=1), torch.ones(3))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["L2Net", "ShallowUNet", "DeepUNet", "DENOISERS", "build_denoiser"]
+__all__ = ["L2Net", "CourseworkDescriptor", "ShallowUNet", "DeepUNet", "DENOISERS", "build_denoiser"]
 
 
 class L2Net(nn.Module):
@@ -51,6 +51,32 @@ class L2Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.features(self.input_norm(x)).flatten(1)
         return y / torch.sqrt((y * y).sum(1, keepdim=True) + 1e-10)
+
+
+class CourseworkDescriptor(nn.Module):
+    """The N-HPatches coursework's descriptor (the study's starting point): L2-Net's layout, but convolutions with
+    bias, BatchNorm *with* affine parameters, raw 0–255 input and no L2 normalisation of the 128-D output. Unlike
+    :class:`L2Net` it can collapse: the affine BN can scale every output to the same point."""
+
+    def __init__(self, dropout: float = 0.3) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(1, 32), *block(32, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128),
+            nn.Dropout(dropout),
+            nn.Conv2d(128, 128, kernel_size=8),
+            nn.BatchNorm2d(128),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")  # Keras he_normal
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
 
 
 class ShallowUNet(nn.Module):
