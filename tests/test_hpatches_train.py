@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 
 
 FAST = ["--denoise-steps", "3", "--denoise-batch", "16", "--steps", "6", "--stages-sk", "2x2,4x2", "--patience", "2",
-        "--checkpoint-every", "3", "--verification-pairs", "200", "--queries", "5", "--threads", "1", "--quiet"]
+        "--checkpoint-every", "3", "--monitor-every", "2", "--verification-pairs", "200", "--queries", "5", "--threads", "1", "--quiet"]
 
 
 def test_end_to_end_outputs(tiny, tmp_path):

@@ -45,7 +45,7 @@ from hpatches.evaluate import evaluate, results_figure  # noqa: E402
 from hpatches.models import L2Net, build_denoiser  # noqa: E402
 from hpatches.noise import noise_sequence  # noqa: E402
 from hpatches.tasks import generate_verification, write_verification  # noqa: E402
-from tripletkit import LOSSES, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
+from tripletkit import LOSSES, CollapseMonitor, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="descriptor training steps")
     p.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
     # evaluation
     p.add_argument("--verification-pairs", type=int, default=50_000)
     p.add_argument("--queries", type=int, default=1000)
@@ -270,6 +271,9 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
     else:
         keep = [r for r in log.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
         log.write_text("step,loss,stage,batch\n" + "".join(r + "\n" for r in keep))
+    monitor = CollapseMonitor(loss_fn, action="warn")
+    probe_k = 2 if np.bincount(labels).min() < 4 else 4
+    probe = torch.tensor(next(iter(SymmetricSampler(labels, min(64, len(np.unique(labels))), probe_k, seed=a.seed + 1))))
     model.train()
     batches = iter(sampler)
     bar = tqdm(total=a.steps, initial=step, desc="descriptor", disable=a.quiet)
@@ -291,7 +295,15 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
             if sched and sched.step(value):
                 sampler.set_batch_shape(sched.S, sched.K)
             f.write(f"{step},{value:.6f},{sched.stage if sched else 0},{sampler.batch_size}\n")
-            bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size)
+            if step % a.monitor_every == 0:
+                # the descriptors as they will be used (eval mode); a CollapseWarning says when they collapse
+                model.eval()
+                with torch.no_grad():
+                    stats = monitor.update(model(x_all[probe].to(device)).cpu(), y_all[probe], value)
+                model.train()
+                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size, spread=f"{stats.mean_distance:.3f}")
+            else:
+                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size)
             bar.update(1)
             if step % a.checkpoint_every == 0 or step == a.steps:
                 f.flush()
