@@ -39,7 +39,7 @@ def test_end_to_end_outputs(tiny, tmp_path):
     out = tmp_path / "run"
     results = main(["--data", str(tiny), "--out", str(out)] + FAST)
     for name in ("config.json", "denoise_log.csv", "denoiser.pt", "denoised.npz", "log.csv", "checkpoint.pt", "descriptor.pt",
-                 "results.md", "results.json", "results.png", "curves.png"):
+                 "results.md", "results.json", "results.png", "curves.png", "tsne.png"):
         assert (out / name).exists(), name
     assert set(results) == {"ours (L2-Net)", "SIFT", "raw pixels"}
     for r in results.values():

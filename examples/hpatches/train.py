@@ -350,6 +350,7 @@ def stage_evaluate(a, ds: PatchDataset, split: dict, device) -> dict:
         table.append([name, r["verification"], r["matching"], r["retrieval"]])
         if name.startswith("ours"):
             results_figure(r, a.out / "results.png", title=f"{name} on {'SYNTHETIC ' if ds.synthetic else ''}data ({len(test)} test sequences)")
+    tsne_figure(a, ds, den, test, model, device)
     from tabulate import tabulate
 
     md = [f"# Results ({'SYNTHETIC embedded default' if ds.synthetic else a.data}; {len(test)} test sequences; ties: reference)", "",
@@ -359,6 +360,34 @@ def stage_evaluate(a, ds: PatchDataset, split: dict, device) -> dict:
     if not a.quiet:
         print("\n".join(md))
     return results
+
+
+def tsne_figure(a, ds: PatchDataset, den, test: list[str], model: torch.nn.Module, device) -> None:
+    """t-SNE of the descriptors of one S×K batch of test patches (S = 16 classes × K = 8 images), as in the study:
+    separated clusters for a healthy descriptor, one blob for a collapsed one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    patches = np.concatenate([den[s].reshape(-1, ds.size, ds.size) for s in test])
+    offsets = np.cumsum([0] + [ds.num_patches(s) for s in test][:-1])
+    labels = np.concatenate([np.tile(np.arange(ds.num_patches(s)), 16) + o for s, o in zip(test, offsets)])
+    k = 8 if np.bincount(labels).min() >= 8 else 2
+    batch = next(iter(SymmetricSampler(labels, min(16, len(np.unique(labels))), k, seed=a.seed)))
+    model.eval()
+    with torch.no_grad():
+        emb = model(torch.from_numpy(patches[batch]).float()[:, None].to(device)).cpu().numpy()
+    xy = TSNE(n_components=2, perplexity=min(30, len(batch) - 1) / 2, init="pca", random_state=a.seed).fit_transform(emb)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(xy[:, 0], xy[:, 1], c=np.repeat(np.arange(len(batch) // k), k), cmap="tab20", s=18)
+    ax.set_title(f"t-SNE of one {len(batch) // k}×{k} test batch")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(a.out / "tsne.png", dpi=110)
+    plt.close(fig)
 
 
 def curves(a) -> None:
