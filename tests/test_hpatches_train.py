@@ -58,6 +58,19 @@ def test_resume_gives_the_same_next_steps(tiny, tmp_path):
     assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
 
 
+def test_offline_miner_runs_and_resumes(tiny, tmp_path):
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--miner", "offline", "--offline-every", "2"] + FAST
+    main(args + ["--out", str(tmp_path / "a")])
+    main(args + ["--out", str(tmp_path / "b"), "--steps", "3"])
+    main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    a = torch.load(tmp_path / "a" / "descriptor.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    anchors, positives, negatives = ckpt["mined"]
+    assert len(anchors) > 0 and len(anchors) == len(positives) == len(negatives)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_parses_and_runs_a_step(tiny, tmp_path, preset):
     out = tmp_path / preset

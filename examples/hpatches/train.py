@@ -45,7 +45,7 @@ from hpatches.evaluate import evaluate, results_figure  # noqa: E402
 from hpatches.models import L2Net, build_denoiser  # noqa: E402
 from hpatches.noise import noise_sequence  # noqa: E402
 from hpatches.tasks import generate_verification, write_verification  # noqa: E402
-from tripletkit import LOSSES, CollapseMonitor, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
+from tripletkit import LOSSES, CollapseMonitor, OfflineMiner, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-batch", type=int, default=256)
     p.add_argument("--denoise-lr", type=float, default=1e-3)
     # descriptor
-    p.add_argument("--miner", default=None, choices=["random", "batch_hard", "batch_all"])
+    p.add_argument("--miner", default=None, choices=["random", "batch_hard", "batch_all", "offline"])
+    p.add_argument("--offline-every", type=int, default=200, help="offline miner: re-mine the training bank every N steps")
     p.add_argument("--margin-fn", default=None, choices=["hinge", "softplus"])
     p.add_argument("--margin", type=float, default=None)
     p.add_argument("--distance", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
@@ -246,8 +247,12 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
     np.random.seed(a.seed)
     random.seed(a.seed)
     model = L2Net().to(device).to(memory_format=torch.channels_last)
-    miner = {"random": {"name": "random", "seed": a.seed}, "batch_hard": "batch_hard", "batch_all": "batch_all"}[a.miner]
+    # offline: triplets mined from the descriptors of the whole training bank (hardest negative, random positive),
+    # re-mined every --offline-every steps; each step trains on S·K // 3 of them
+    miner = {"random": {"name": "random", "seed": a.seed}, "batch_hard": "batch_hard", "batch_all": "batch_all", "offline": "random"}[a.miner]
     loss_fn = LOSSES.build("triplet", margin=a.margin, margin_fn=a.margin_fn, distance=a.distance, miner=miner)
+    offline = OfflineMiner(distance=a.distance, positive="random", negative="hardest", seed=a.seed) if a.miner == "offline" else None
+    mined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     opt = torch.optim.Adam(model.parameters(), lr=a.lr) if a.optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
     sched = SteppedBatchScheduler(a.sk, margin_fn=loss_fn, patience=a.patience, guard=True, guard_patience=4 * a.patience) if a.scheduler == "stepped_batch" else None
     S, K = (sched.S, sched.K) if sched else a.sk[0]
@@ -265,6 +270,9 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
         gen.set_state(state["augment_rng"])
         _set_rng_state(state["rng"])
         step = state["step"]
+        mined = state.get("mined")
+        if offline is not None and state.get("offline_rng") is not None:
+            offline.load_state_dict(state["offline_rng"])
     log = a.out / "log.csv"
     if step == 0 or not log.exists():
         log.write_text("step,loss,stage,batch\n")
@@ -279,14 +287,24 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
     bar = tqdm(total=a.steps, initial=step, desc="descriptor", disable=a.quiet)
     with log.open("a") as f:
         while step < a.steps:
-            try:
-                idx = torch.tensor(next(batches))
-            except StopIteration:
-                batches = iter(sampler)
-                continue
-            yb = y_all[idx]
-            xb = _augment(x_all[idx], yb - yb.min(), a.augment, gen).to(device).contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model(xb), yb.to(device))
+            if offline is not None:
+                if mined is None or step % a.offline_every == 0:
+                    mined = _mine_bank(model, x_all, y_all, offline, device)
+                b = max(1, sampler.batch_size // 3)
+                pick = torch.randint(0, len(mined[0]), (b,), generator=gen)
+                idx = torch.cat([mined[0][pick], mined[1][pick], mined[2][pick]])
+                xb = x_all[idx].to(device).contiguous(memory_format=torch.channels_last)
+                r = torch.arange(b, device=device)
+                loss = loss_fn(model(xb), triplets=(r, r + b, r + 2 * b))
+            else:
+                try:
+                    idx = torch.tensor(next(batches))
+                except StopIteration:
+                    batches = iter(sampler)
+                    continue
+                yb = y_all[idx]
+                xb = _augment(x_all[idx], yb - yb.min(), a.augment, gen).to(device).contiguous(memory_format=torch.channels_last)
+                loss = loss_fn(model(xb), yb.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -308,10 +326,22 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
             if step % a.checkpoint_every == 0 or step == a.steps:
                 f.flush()
                 _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                              "sampler": sampler.state_dict(), "augment_rng": gen.get_state(), "rng": _rng_state(), "step": step}, ckpt)
+                              "sampler": sampler.state_dict(), "augment_rng": gen.get_state(), "rng": _rng_state(), "step": step,
+                              "mined": mined, "offline_rng": offline.state_dict() if offline is not None else None}, ckpt)
                 batches = iter(sampler)
     bar.close()
     torch.save(model.state_dict(), a.out / "descriptor.pt")
+
+
+def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, miner, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Describe every training patch (eval mode) and mine one triplet per valid anchor from the whole bank."""
+    model.eval()
+    with torch.no_grad():
+        bank = torch.cat([model(x_all[b : b + 2048].to(device)).cpu() for b in range(0, len(x_all), 2048)])
+    model.train()
+    t = miner(bank, y_all)
+    keep = torch.nonzero(t.valid).flatten()
+    return t.anchor[keep], t.positive[keep], t.negative[keep]
 
 
 def _retrieval_files(ds: PatchDataset, den, test: list[str], tasks: Path, n_queries: int, seed: int) -> None:
