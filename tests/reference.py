@@ -99,6 +99,19 @@ def batch_all(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", red
     return _reduce(values, reduction), len(values), sum(v > 0 for v in values)
 
 
+def batch_all_margins(x, labels, *, margin=0.2, kind="euclidean"):
+    """m + d(a, p) − d(a, n) for every valid triplet (where the hinge has its kink at 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    labels = list(labels)
+    n = len(labels)
+    d = distance_matrix(x, kind)
+    return [
+        margin + d[a, p] - d[a, q]
+        for a in range(n) for p in range(n) if p != a and labels[p] == labels[a]
+        for q in range(n) if labels[q] != labels[a]
+    ]
+
+
 def given_triplets(x, triplets, *, margin_fn="hinge", margin=0.2, kind="euclidean", reduction="mean", swap=False):
     x = np.asarray(x, dtype=np.float64)
     values = []

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests import reference as ref
@@ -68,6 +68,10 @@ def test_batch_hard_none_reduction_per_anchor():
 def test_batch_all_equals_reference(batch, margin_fn, distance, reduction):
     x, labels = batch
     m = MARGINS[margin_fn]
+    if reduction == "mean_active" and margin_fn == "hinge":
+        # the active count jumps at m + gap = 0, where rounding decides (e.g. 1 + 0.2 − 1.2 is 0 in one order of
+        # operations and 5.6e-17 in another): both answers are right there, so such batches are left out
+        assume(all(abs(t) > 1e-9 for t in ref.batch_all_margins(x, labels, margin=m, kind=distance)))
     loss, stats = BatchAllLoss(margin=m, margin_fn=margin_fn, distance=distance, reduction=reduction)(
         *_t(x, labels), return_stats=True
     )
