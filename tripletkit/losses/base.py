@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_embeddings, check_labels, check_margin
 from ..distances import DISTANCES, Distance
+from ..distributed import gather_with_grad, is_distributed, scale_for_ddp
 from ..margins import MARGINS, MarginFunction
 
 __all__ = ["TripletLossBase"]
@@ -29,8 +30,10 @@ class TripletLossBase(nn.Module):
         distance: str | dict | Distance = "euclidean",
         reduction: str = "mean",
         validate: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = bool(gather_distributed)
         if isinstance(margin_fn, MarginFunction):
             if margin is not None and check_margin(margin) != margin_fn.margin:
                 raise ValueError(
@@ -53,8 +56,21 @@ class TripletLossBase(nn.Module):
         return self.margin_fn.collapse_value
 
     def _check_inputs(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        check_embeddings(embeddings, values=self.validate)
+        check_embeddings(embeddings, min_rows=1 if self.gather_distributed else 2, values=self.validate)
         return check_labels(labels, embeddings.shape[0], device=embeddings.device)
+
+    def _gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The global batch when ``gather_distributed`` (see :mod:`tripletkit.distributed`), else the inputs."""
+        if self.gather_distributed and is_distributed():
+            embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
+            if embeddings.shape[0] < 2:
+                raise ValueError("the gathered batch has fewer than 2 rows")
+        elif embeddings.shape[0] < 2:
+            raise ValueError(f"embeddings has {embeddings.shape[0]} row(s); at least 2 are needed to form a pair")
+        return embeddings, labels
+
+    def _finish(self, loss: Tensor) -> Tensor:
+        return scale_for_ddp(loss) if self.gather_distributed else loss
 
     def extra_repr(self) -> str:
         return f"margin_fn={self.margin_fn!r}, distance={self.distance!r}, reduction={self.reduction!r}"

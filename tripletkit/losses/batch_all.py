@@ -33,7 +33,7 @@ class BatchAllLoss(TripletLossBase):
       distance matrix is accumulated on the way, so peak memory is O(N² + block_elements), never O(N³).
 
     Args:
-        margin, margin_fn, distance, validate: as in :class:`~tripletkit.BatchHardLoss`.
+        margin, margin_fn, distance, validate, gather_distributed: as in :class:`~tripletkit.BatchHardLoss`.
         reduction: ``"mean"``, ``"mean_active"`` or ``"sum"``.
         max_class_size: the largest class in any batch (``K`` for S×K batches); keeps all shapes static (no host
             sync) for ``torch.compile``/XLA. Default: read from the labels. A larger class is a ``ValueError``.
@@ -60,8 +60,9 @@ class BatchAllLoss(TripletLossBase):
         max_class_size: int | None = None,
         block_elements: int = 1 << 22,
         validate: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
-        super().__init__(margin, margin_fn, distance, reduction, validate)
+        super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
         self.max_class_size = _check_class_size(max_class_size)
         if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
             raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
@@ -70,7 +71,8 @@ class BatchAllLoss(TripletLossBase):
     def forward(self, embeddings: Tensor, labels: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, BatchAllStats]:
         """Scalar loss; with ``return_stats`` also ``{"num_triplets", "num_active"}`` (0-d int64 tensors)."""
         labels = self._check_inputs(embeddings, labels)
-        return batch_all_triplet_loss(
+        embeddings, labels = self._gather(embeddings, labels)
+        out = batch_all_triplet_loss(
             embeddings,
             labels,
             distance=self.distance,
@@ -80,3 +82,6 @@ class BatchAllLoss(TripletLossBase):
             block_elements=self.block_elements,
             return_stats=return_stats,
         )
+        if return_stats:
+            return self._finish(out[0]), out[1]
+        return self._finish(out)

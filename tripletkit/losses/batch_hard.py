@@ -46,6 +46,9 @@ class BatchHardLoss(TripletLossBase):
         max_class_size: the largest class in any batch (``K`` for S×K batches): keeps shapes static under
             ``torch.compile``/XLA while using the fast mining path. Default: read from the labels in eager mode.
         validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
+        gather_distributed: mine over the batches of all replicas (:mod:`tripletkit.distributed`: the gradient
+            reaches the local slice only and is scaled by the world size, so DDP's average equals one process on
+            the concatenated batch).
 
     Example::
 
@@ -69,18 +72,20 @@ class BatchHardLoss(TripletLossBase):
         swap: bool = False,
         max_class_size: int | None = None,
         validate: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
-        super().__init__(margin, margin_fn, distance, reduction, validate)
+        super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
         self.swap = bool(swap)
         self.max_class_size = _check_class_size(max_class_size)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
         labels = self._check_inputs(embeddings, labels)
-        return batch_hard_triplet_loss(
+        embeddings, labels = self._gather(embeddings, labels)
+        return self._finish(batch_hard_triplet_loss(
             embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap,
             max_class_size=self.max_class_size,
-        )
+        ))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", swap={self.swap}"

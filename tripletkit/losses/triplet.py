@@ -33,6 +33,8 @@ class TripletLoss(TripletLossBase):
     * **distance**: computed from the row differences of the chosen pairs (exact near zero).
     * **swap**: ``min(d(a, n), d(p, n))`` as the negative distance (Balntas et al. 2016); with ``batch_hard`` it is
       HardNet's version (see :class:`~tripletkit.BatchHardLoss`).
+    * **gather_distributed**: mined losses see every replica's batch (:mod:`tripletkit.distributed`); given
+      triplets index the local batch and are not gathered.
 
     Example::
 
@@ -53,8 +55,9 @@ class TripletLoss(TripletLossBase):
         reduction: str = "mean",
         swap: bool = False,
         validate: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
-        super().__init__(margin, margin_fn, distance, reduction, validate)
+        super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
         self.miner = MINERS.build(miner)
         if not isinstance(self.miner, Miner):
             raise TypeError(f"miner must build a tripletkit Miner, got {type(self.miner).__name__}")
@@ -78,19 +81,22 @@ class TripletLoss(TripletLossBase):
         if labels is None:
             raise ValueError("labels are required unless triplets are given")
         labels = self._check_inputs(embeddings, labels)
+        embeddings, labels = self._gather(embeddings, labels)
         if isinstance(self.miner, BatchHardMiner) and self.miner.distance == self.distance:
-            return batch_hard_triplet_loss(
+            loss = batch_hard_triplet_loss(
                 embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction,
                 swap=self.swap or self.miner.swap,
             )
-        if isinstance(self.miner, BatchAllMiner):
-            return batch_all_triplet_loss(
+        elif isinstance(self.miner, BatchAllMiner):
+            loss = batch_all_triplet_loss(
                 embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction
             )
-        mined = self.miner(embeddings.detach(), labels)
-        return triplet_margin_loss(
-            embeddings, mined, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
-        )
+        else:
+            mined = self.miner(embeddings.detach(), labels)
+            loss = triplet_margin_loss(
+                embeddings, mined, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
+            )
+        return self._finish(loss)
 
     def _given(self, embeddings: Tensor, labels: Tensor | None, triplets: Triplets | tuple) -> Tensor:
         check_embeddings(embeddings, min_rows=1, values=self.validate)
