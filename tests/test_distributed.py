@@ -3,9 +3,6 @@ the loss and the parameter gradients of one process on the concatenated batch.""
 
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
 
 import pytest
 import torch
