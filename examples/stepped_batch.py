@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hpatches.checkpoint import atomic_save, rng_state, set_rng_state  # noqa: E402
 from hpatches.data import load_dataset  # noqa: E402
 from hpatches.models import CourseworkDescriptor, L2Net  # noqa: E402
 from tripletkit import BatchHardLoss, CollapseMonitor, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
@@ -41,12 +41,6 @@ def parse_stages(text: str) -> list[tuple[int, int]]:
         return [(int(s), int(k)) for s, k in (part.split("x") for part in text.split(","))]
     except ValueError:
         raise SystemExit(f"error: --stages must look like 16x2,32x4 (S×K per stage), got {text!r}") from None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -117,9 +111,7 @@ def run(argv: list[str] | None = None) -> dict:
         sched.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         monitor.reference_distance = state["monitor_reference"]
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_rng_state(state["rng"])
         step = state["step"]
     log_path = out / "log.csv"
     if not a.resume or not log_path.exists():
@@ -179,11 +171,11 @@ def run(argv: list[str] | None = None) -> dict:
         bar.set_postfix(loss=f"{value:.3f}", stage=f"{sched.stage + 1}/{len(sched.stages)}", batch=sched.batch_size)
         bar.update(1)
         if step % a.checkpoint_every == 0 or step == a.steps:
-            _atomic_save(
+            atomic_save(
                 {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "sampler": sampler.state_dict(), "monitor_reference": monitor.reference_distance,
-                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                    "rng": rng_state(),
                     "step": step, "args": {k: str(v) for k, v in vars(a).items()},
                 },
                 ckpt_path,

@@ -170,3 +170,10 @@ def test_verification_generator_reproduces_the_documented_rows():
     idx = draw_index_pairs(rs, s[:4], exact)
     rows = [(s[r], int(idx[r, 0])) for r in range(4)]
     assert rows == [("v_birdwoman", 251), ("v_strand", 1625), ("i_salon", 1100), ("i_zion", 1766)]
+
+
+def test_generate_missing_never_overwrites_a_malformed_file(tasks_dir):
+    (tasks_dir / "verif_neg_inter_split-x.csv").write_text("not,the,right,header\n")
+    with pytest.raises(ValueError, match="verif_neg_inter_split-x.csv: header"):
+        evaluate(make_descriptors(), tasks_dir, "x", tasks=("verification",), generate_missing=True)
+    assert (tasks_dir / "verif_neg_inter_split-x.csv").read_text() == "not,the,right,header\n"

@@ -231,11 +231,11 @@ def evaluate_retrieval(
 
 # --------------------------------------------------------------------------------------------------- all tasks
 def ensure_verification(tasks_dir: Path, split: Split, desc: DescriptorSet, progress: bool = True) -> dict[str, VerificationPairs]:
-    """Read the split's verification files, or generate them (benchmark generator, real counts) and write them."""
-    try:
+    """Read the split's verification files; generate them (benchmark generator, real counts) only when none of the
+    three exists. A partial or malformed set is an error, never overwritten."""
+    names = [f"verif_{k}_split-{split.name}.csv" for k in ("pos", "neg_intra", "neg_inter")]
+    if any((Path(tasks_dir) / n).exists() or (Path(tasks_dir) / "splits" / n).exists() for n in names):
         return read_verification(tasks_dir, split.name)
-    except ValueError:
-        pass
     counts = {s: desc.num_patches(s) for s in split.test}
     pairs = generate_verification(split.test, counts, progress=progress)
     write_verification(pairs, tasks_dir, split.name)

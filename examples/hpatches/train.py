@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from hpatches.checkpoint import atomic_save, rng_state, set_rng_state  # noqa: E402
 from hpatches.baselines import describe, model_descriptors, raw_pixel_descriptors, sift_descriptors  # noqa: E402
 from hpatches.data import PatchDataset, load_dataset  # noqa: E402
 from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
@@ -128,22 +128,6 @@ def pick_device(name: str) -> torch.device:
             raise SystemExit("error: --device xla needs torch-xla (pip install '.[tpu]', which requires torch 2.9)") from None
         return torch_xla.device()
     return torch.device(name)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -268,7 +252,7 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
             sched.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         gen.set_state(state["augment_rng"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step = state["step"]
         mined = state.get("mined")
         if offline is not None and state.get("offline_rng") is not None:
@@ -325,8 +309,8 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
             bar.update(1)
             if step % a.checkpoint_every == 0 or step == a.steps:
                 f.flush()
-                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                              "sampler": sampler.state_dict(), "augment_rng": gen.get_state(), "rng": _rng_state(), "step": step,
+                atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                              "sampler": sampler.state_dict(), "augment_rng": gen.get_state(), "rng": rng_state(), "step": step,
                               "mined": mined, "offline_rng": offline.state_dict() if offline is not None else None}, ckpt)
                 batches = iter(sampler)
     bar.close()
