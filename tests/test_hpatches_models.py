@@ -54,3 +54,37 @@ def test_coursework_descriptor_is_l2net_with_bias_affine_bn_and_no_normalisation
     assert _params(m) == 1_334_560 + 576 + 2 * 576
     y = m.eval()(torch.rand(3, 1, 32, 32) * 255)
     assert y.shape == (3, 128) and not torch.allclose(y.norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.05])
+def test_fast_dropout_rate_scaling_and_gradient(p):
+    from hpatches.models import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(p)
+    x = torch.randn(64, 128, 8, 8, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    # 524,288 Bernoulli draws: the drop rate is p to within 5 standard errors
+    rate = 1 - kept.float().mean().item()
+    assert abs(rate - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5 + 2**-16
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / (1 - p))
+    # each 16-bit slice of a word decides one element: neighbours are not correlated
+    k = kept.flatten().float()
+    corr = torch.corrcoef(torch.stack([k[:-1], k[1:]]))[0, 1].item()
+    assert abs(corr) < 0.02
+
+
+def test_fast_dropout_eval_edge_rates_and_other_layouts():
+    from hpatches.models import FastDropout
+
+    x = torch.randn(4, 3, 5, 7)
+    assert torch.equal(FastDropout(0.3).eval()(x), x)
+    assert torch.equal(FastDropout(0.0)(x), x)
+    assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))
+    # an odd element count (not a multiple of the 4 slices per word) and bf16
+    y = FastDropout(0.5)(torch.ones(3, 5, 7, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and set(y.unique().tolist()) <= {0.0, 2.0}
+    assert not any(isinstance(m, torch.nn.Dropout) and type(m) is torch.nn.Dropout for m in L2Net().modules())

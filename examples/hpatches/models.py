@@ -19,7 +19,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["L2Net", "CourseworkDescriptor", "ShallowUNet", "DeepUNet", "DENOISERS", "build_denoiser"]
+__all__ = ["FastDropout", "L2Net", "CourseworkDescriptor", "ShallowUNet", "DeepUNet", "DENOISERS", "build_denoiser"]
+
+
+class FastDropout(nn.Dropout):
+    """Element-wise dropout whose CPU mask comes from 16-bit slices of 64-bit random words.
+
+    ``torch.bernoulli_`` draws one generator call per element and was 14 % of an L2-Net training step on CPU (148 ms
+    for a 1024×128×8×8 activation on 2 cores); this mask costs 45 ms. The drop probability is rounded to a multiple of
+    2⁻¹⁶ (0.3 → 0.300003); kept values are scaled by 1/(1 − p) as in :class:`torch.nn.Dropout`, so eval mode and the
+    state dict are unchanged. Other devices (and ``inplace=True``) use the stock implementation.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        bits = words.view(torch.int16)[:n].view(x.shape)
+        drop = bits < (-32768 + round(self.p * 65536))
+        return x.masked_fill(drop, 0).mul(1.0 / (1.0 - self.p))
 
 
 class L2Net(nn.Module):
@@ -33,7 +54,7 @@ class L2Net(nn.Module):
 
         self.features = nn.Sequential(
             *block(1, 32), *block(32, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128),
-            nn.Dropout(dropout),
+            FastDropout(dropout),
             nn.Conv2d(128, 128, kernel_size=8, bias=False),
             nn.BatchNorm2d(128, affine=False),
         )
@@ -66,7 +87,7 @@ class CourseworkDescriptor(nn.Module):
 
         self.features = nn.Sequential(
             *block(1, 32), *block(32, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128),
-            nn.Dropout(dropout),
+            FastDropout(dropout),
             nn.Conv2d(128, 128, kernel_size=8),
             nn.BatchNorm2d(128),
         )
