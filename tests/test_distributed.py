@@ -81,3 +81,55 @@ def test_world_size_one_is_a_no_op():
     a = BatchHardLoss(gather_distributed=True)(x, torch.tensor([0, 0, 1, 1, 2]))
     b = BatchHardLoss()(x, torch.tensor([0, 0, 1, 1, 2]))
     assert torch.equal(a, b)
+
+
+def _scheduler_worker(rank, world, init_file, out_file):
+    from tripletkit import SteppedBatchScheduler
+    from tripletkit.distributed import all_reduce_mean
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # rank 0 sees losses under the threshold 1.0, rank 1 above it: only their mean (0.9) is below
+        losses = [0.5] * 12 if rank == 0 else [1.3] * 12
+        synced = SteppedBatchScheduler([(4, 2), (8, 2)], threshold=1.0, patience=3, smoothing=0.0, sync_distributed=True)
+        local = SteppedBatchScheduler([(4, 2), (8, 2)], threshold=1.0, patience=3, smoothing=0.0)
+        synced_changes = [synced.step(torch.tensor(v)) for v in losses]
+        local_changes = [local.step(v) for v in losses]
+        mean = all_reduce_mean(torch.tensor(float(rank)))
+        result = {"synced": synced_changes, "local": local_changes, "events": [e.step for e in synced.events], "mean": mean}
+        torch.save(result, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stepped_batch_scheduler_decides_on_the_global_loss(tmp_path):
+    mp.spawn(_scheduler_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"out.{r}") for r in (0, 1))
+    assert r0["synced"] == r1["synced"]  # both replicas change stage at the same step
+    assert r0["events"] == r1["events"] == [3]  # the mean 0.9 is under the threshold from step 1; patience 3
+    assert r0["local"] != r1["local"]  # without the sync they would disagree
+    assert r0["mean"] == r1["mean"] == 0.5
+
+
+def test_all_reduce_mean_without_a_process_group_and_bad_input():
+    from tripletkit.distributed import all_reduce_mean
+
+    assert all_reduce_mean(torch.tensor(2.5)) == 2.5
+    assert all_reduce_mean(3) == 3.0
+    with pytest.raises(ValueError, match="scalar"):
+        all_reduce_mean(torch.ones(2))
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_static_shape_gather_puts_the_local_slice_back_with_its_gradient(rank):
+    """The XLA path's splice (torch-xla's all_gather is stood in for by the concatenation it returns)."""
+    from tripletkit.distributed import _insert_local
+
+    parts = [torch.randn(4, 3) for _ in range(3)]
+    x = parts[rank].clone().requires_grad_(True)
+    out = _insert_local(torch.cat(parts), x, rank, 3)
+    torch.testing.assert_close(out, torch.cat(parts))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    with pytest.raises(ValueError, match="same local batch size"):
+        _insert_local(torch.cat(parts)[:-1], x, rank, 3)

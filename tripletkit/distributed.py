@@ -12,6 +12,14 @@ World size 1 (or no initialised process group) is a no-op.
 
 Local batches may differ in size: the sizes are exchanged first and every tensor is padded to the largest for the
 collective, then cut back.
+
+**XLA (TPU).** A tensor on an XLA device is gathered with ``torch_xla``'s ``xm.all_gather`` (imported lazily), which
+needs the same local shape on every replica (static shapes: no size exchange, no host sync); rank and world size come
+from ``torch.distributed`` initialised with the ``xla`` backend (``init_process_group("xla", init_method="xla://")``).
+The symmetric sampler gives every replica the same S×K, so this holds in training.
+
+:func:`all_reduce_mean` averages a scalar over the replicas; the stepped-batch scheduler uses it
+(``sync_distributed=True``) so that every replica judges the same global loss and changes stage at the same step.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "world_size", "rank", "gather_with_grad", "scale_for_ddp"]
+__all__ = ["is_distributed", "world_size", "rank", "gather_with_grad", "scale_for_ddp", "all_reduce_mean"]
 
 
 def is_distributed() -> bool:
@@ -40,6 +48,10 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     w, r = dist.get_world_size(), dist.get_rank()
+    if x.device.type == "xla":
+        import torch_xla.core.xla_model as xm
+
+        return _insert_local(xm.all_gather(x.detach(), dim=0), x, r, w)
     n = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(w)]
     dist.all_gather(sizes, n)
@@ -53,6 +65,33 @@ def gather_with_grad(x: Tensor) -> Tensor:
     pieces = [p[:s] for p, s in zip(parts, sizes_int)]
     pieces[r] = x
     return torch.cat(pieces)
+
+
+def _insert_local(gathered: Tensor, x: Tensor, r: int, w: int) -> Tensor:
+    """``gathered`` (W·n, …) with rank ``r``'s block replaced by ``x`` (which carries the gradient)."""
+    n = x.shape[0]
+    if gathered.shape[0] != w * n:
+        raise ValueError(f"all_gather returned {gathered.shape[0]} rows for {w} replicas of {n}: on XLA every replica needs the same local batch size")
+    return torch.cat([gathered[: r * n], x, gathered[(r + 1) * n :]])
+
+
+def all_reduce_mean(value: float | Tensor) -> float:
+    """The mean of a scalar over all replicas (the value itself without a process group, or with world size 1)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"all_reduce_mean takes a scalar, got shape {tuple(value.shape)}")
+        t = value.detach().float().reshape(1)
+    else:
+        t = torch.tensor([float(value)])
+    if not is_distributed():
+        return float(t)
+    if dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    elif t.device.type == "cuda" and dist.get_backend() == "gloo":
+        t = t.cpu()
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t) / dist.get_world_size()
 
 
 def scale_for_ddp(loss: Tensor) -> Tensor:

@@ -77,6 +77,9 @@ class SteppedBatchScheduler:
         guard: go back one stage when, after a step up, the smoothed loss has stayed at or above the threshold
             for ``guard_patience`` steps (default ``patience``).
         on_change: callbacks called with each :class:`StageChange`.
+        sync_distributed: average each loss over the replicas (``torch.distributed`` all-reduce) before judging it,
+            so that in a DDP run every replica holds the same state and changes stage at the same step. Without an
+            initialised process group (or with world size 1) it changes nothing.
 
     Rules, exactly: the scheduler never advances at a step whose smoothed loss is ≥ the threshold; it always advances
     once the smoothed loss has been below the threshold for ``patience`` consecutive steps (unless at the last
@@ -95,7 +98,9 @@ class SteppedBatchScheduler:
         guard: bool = False,
         guard_patience: int | None = None,
         on_change: Sequence[Callable[[StageChange], None]] = (),
+        sync_distributed: bool = False,
     ) -> None:
+        self.sync_distributed = bool(sync_distributed)
         self.stages = self._check_stages(stages)
         if threshold is None:
             if margin_fn is None:
@@ -178,7 +183,12 @@ class SteppedBatchScheduler:
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}")
-            loss = float(loss.detach())
+            if not self.sync_distributed:
+                loss = float(loss.detach())
+        if self.sync_distributed:
+            from .distributed import all_reduce_mean
+
+            loss = all_reduce_mean(loss)
         loss = float(loss)
         if not math.isfinite(loss):
             raise ValueError(f"loss is not finite ({loss}): the scheduler cannot judge collapse from it")
