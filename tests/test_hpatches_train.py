@@ -47,8 +47,10 @@ def test_end_to_end_outputs(tiny, tmp_path):
     assert len((out / "log.csv").read_text().splitlines()) == 7
 
 
-def test_resume_gives_the_same_next_steps(tiny, tmp_path):
-    args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST
+@pytest.mark.parametrize("miner", [["batch_hard"], ["random", "--margin", "1"]], ids=["batch_hard", "random"])
+def test_resume_gives_the_same_next_steps(tiny, tmp_path, miner):
+    # margin 1 for random triplets: with the default 0.2 every random triplet is already satisfied (zero gradient)
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--miner", *miner] + FAST
     main(args + ["--out", str(tmp_path / "a")])
     main(args + ["--out", str(tmp_path / "b"), "--steps", "3"])  # interrupted after 3 steps (the later flag wins)
     main(args + ["--out", str(tmp_path / "b"), "--resume"])
@@ -86,3 +88,81 @@ def test_bad_flags_are_clear_errors(tiny, tmp_path):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages", "train"])
     with pytest.raises(SystemExit, match="--stages-sk must look like"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages-sk", "big"])
+
+
+def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path):
+    out = tmp_path / "all"
+    table = main(["--data", str(tiny), "--out", str(out), "--experiment", "all", "--steps", "2", "--stages-sk", "2x2",
+                  "--denoise-steps", "2", "--denoise-batch", "8", "--verification-pairs", "100", "--queries", "4", "--threads", "1", "--quiet"])
+    assert list(table) == list(PRESETS)
+    md = (out / "experiments.md").read_text()
+    for name in PRESETS:
+        assert f"| {name} " in md
+        assert (out / name / "results.json").exists()
+    rows = json.loads((out / "experiments.json").read_text())
+    assert {"SIFT (shallow)", "SIFT (deep)", "raw pixels (shallow)", "raw pixels (deep)"} <= set(rows)
+    for name in PRESETS:  # each row is that run's own result
+        ours = json.loads((out / name / "results.json").read_text())["ours (L2-Net)"]
+        assert rows[name] == {t: ours[t] for t in ("verification", "matching", "retrieval")}
+    # the deep denoiser is trained once (soft-baseline) and reused by the batch-hard presets
+    first = torch.load(out / "soft-baseline" / "denoiser.pt", weights_only=True)
+    for name in ("bh128", "bh1024", "soft-bh1024"):
+        other = torch.load(out / name / "denoiser.pt", weights_only=True)
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    assert (out / "experiments.png").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_flag_trains_and_is_recorded(tiny, tmp_path, precision):
+    out = tmp_path / precision
+    main(["--data", str(tiny), "--out", str(out), "--stages", "denoise,descriptor", "--precision", precision] + FAST)
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision_used"] == precision and config["world_size"] == 1
+    losses = [float(r.split(",")[1]) for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+
+
+def test_auto_precision_follows_the_hardware():
+    from hpatches.train import pick_precision
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert pick_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def _torchrun(args, nproc=2):
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "examples" / "hpatches" / "train.py")]
+    return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_two_processes_train_resume_and_change_stage_together(tiny, tmp_path):
+    # random triplets, margin 1: the loss starts under the collapse value 1, so the scheduler advances after patience
+    args = ["--data", str(tiny), "--miner", "random", "--margin", "1"] + FAST
+    full = _torchrun(args + ["--out", str(tmp_path / "a")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = tmp_path / "a"
+    for name in ("results.md", "results.json", "log.csv", "checkpoint.pt", "descriptor.pt", "denoised.npz", "tsne.png"):
+        assert (out / name).exists(), name
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(range(1, 7))  # rank 0 alone writes the log
+    # per-replica S×K 2x2 then 4x2: the global batch is 2 × S × K, and both replicas moved to stage 2 together
+    assert int(rows[0][3]) == 8 and int(rows[-1][3]) == 16 and rows[-1][2] == "1"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["world"] == 2 and len(ckpt["ranks"]) == 2
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    # interrupted after 3 steps, resumed with the same world size: the same model and log as the uninterrupted run
+    part = _torchrun(args + ["--out", str(tmp_path / "b"), "--steps", "3", "--stages", "denoise,descriptor"])
+    assert part.returncode == 0, part.stderr[-3000:]
+    resumed = _torchrun(args + ["--out", str(tmp_path / "b"), "--resume", "--stages", "denoise,descriptor"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(out / "descriptor.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+    # a checkpoint of 2 replicas cannot be resumed by one process
+    with pytest.raises(SystemExit, match="2 process"):
+        main(args + ["--out", str(tmp_path / "b"), "--resume", "--stages", "descriptor", "--steps", "7"])

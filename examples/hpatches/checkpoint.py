@@ -19,11 +19,25 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def rng_state(device: torch.device | None = None) -> dict:
+    """The CPU generators, plus the accelerator's when ``device`` is CUDA or XLA (dropout draws from it there)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device is not None and device.type == "xla":
+        import torch_xla.core.xla_model as xm
+
+        state["xla"] = xm.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device is not None and device.type == "xla" and "xla" in state:
+        import torch_xla.core.xla_model as xm
+
+        xm.set_rng_state(state["xla"], device)

@@ -18,17 +18,36 @@ Stages (``--stages denoise,descriptor,evaluate``) read the previous stage's outp
   next to SIFT and normalised raw pixels on the same patches; ``results.md``, ``results.json``, figures.
 
 The run folder also holds ``config.json`` (the resolved configuration), ``log.csv`` / ``denoise_log.csv`` and
-``curves.png``. Numbers on the embedded default are on SYNTHETIC data and say so.
+``curves.png``. Numbers on the embedded default are on SYNTHETIC data and say so. ``--experiment all`` runs every
+preset into ``OUT/<preset>`` (a denoiser is trained once per denoiser type and shared) and writes ``OUT/experiments.md``.
+
+Devices and precision: ``--device auto`` takes CUDA when present, else the CPU. ``--precision auto`` trains with
+bf16 autocast on CUDA, XLA, and CPUs whose oneDNN has native bf16 (AMX / AVX512-BF16); fp32 elsewhere; losses and
+evaluation are always fp32. ``--compile`` wraps the training forward in ``torch.compile``. On CUDA the training
+patches live on the GPU. On XLA (torch-xla) each step ends with ``torch_xla.sync()``; batch shapes are static, so
+the graph compiles once per scheduler stage.
+
+Several processes: ``torchrun --nproc_per_node=W examples/hpatches/train.py ...`` trains with DDP (gloo on CPU, nccl
+on CUDA, the ``xla`` backend with ``--device xla``). ``--stages-sk`` is per replica: each replica draws its own S×K
+batch from a sharded sampler, the loss mines over the gathered W·S·K batch (``gather_distributed``) and the
+stepped-batch scheduler judges the replicas' mean loss, so all of them change stage together. Rank 0 prepares the
+data, writes logs and checkpoints (with every rank's RNG state, so ``--resume`` under the same W is exact) and
+evaluates.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import datetime
 import json
+import os
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +65,7 @@ from hpatches.models import L2Net, build_denoiser  # noqa: E402
 from hpatches.noise import noise_sequence  # noqa: E402
 from hpatches.tasks import generate_verification, write_verification  # noqa: E402
 from tripletkit import LOSSES, CollapseMonitor, OfflineMiner, SteppedBatchScheduler, SymmetricSampler  # noqa: E402
+from tripletkit.distributed import all_reduce_mean  # noqa: E402
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
@@ -66,11 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=Path, help="image sequences with homographies: extract an hpatches-release dataset first")
     p.add_argument("--out", type=Path, default=Path("runs/default"))
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--experiment", choices=sorted(PRESETS), help="a preset of the study's table (flags given explicitly win)")
+    p.add_argument("--experiment", choices=sorted(PRESETS) + ["all"], help="a preset of the study's table (flags given explicitly win); all: every preset and one table")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "xla"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="autocast dtype of the training forward passes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--quiet", action="store_true")
     # denoiser
     p.add_argument("--denoiser", default=None, choices=["shallow", "deep", "none"])
@@ -98,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULTS = dict(denoiser="shallow", miner="batch_hard", margin_fn="hinge", margin=None, optimizer="adam", lr=2e-4, stages_sk="16x2,16x4,32x4", scheduler="stepped_batch")
+
+
 def resolve(a: argparse.Namespace) -> argparse.Namespace:
-    defaults = dict(denoiser="shallow", miner="batch_hard", margin_fn="hinge", margin=None, optimizer="adam", lr=2e-4, stages_sk="16x2,16x4,32x4", scheduler="stepped_batch")
+    defaults = DEFAULTS
     preset = PRESETS.get(a.experiment, {}) if a.experiment else {}
     for key, value in defaults.items():
         if getattr(a, key) is None:
@@ -114,6 +139,93 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
     except ValueError:
         raise SystemExit(f"error: --stages-sk must look like 32x2,32x4, got {a.stages_sk!r}") from None
     return a
+
+
+@dataclass
+class Runtime:
+    """Where and how the run executes: device, autocast dtype, compile, and the process group (rank, world)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    compile: bool = False
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    def autocast(self):
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def barrier(self) -> None:
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def end_step(self) -> None:
+        """The step boundary: on XLA this cuts and runs the traced graph."""
+        if self.device.type == "xla":
+            import torch_xla
+
+            torch_xla.sync()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training loop calls: DDP across replicas, then ``torch.compile`` if asked."""
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.compile else model
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SystemExit("error: --precision bf16 but this GPU does not support bfloat16")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "xla":
+        return "bf16"
+    # oneDNN runs bf16 convolutions natively only with AMX or AVX512-BF16; elsewhere bf16 is emulated and slower
+    native = torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
+def setup_runtime(a: argparse.Namespace) -> Runtime:
+    """One process, or one replica of a ``torchrun`` job (WORLD_SIZE > 1 in the environment)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        device = pick_device(a.device)
+        return Runtime(device, pick_precision(a.precision, device), a.compile)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = datetime.timedelta(hours=3)  # rank 0 alone prepares data and evaluates while the others wait
+    if a.device == "xla":
+        device = pick_device("xla")
+        import torch_xla.distributed.xla_backend  # noqa: F401  registers the "xla" process-group backend
+
+        dist.init_process_group("xla", init_method="xla://", timeout=timeout)
+    elif a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()):
+        if torch.cuda.device_count() <= local:
+            raise SystemExit(f"error: local rank {local} needs CUDA device {local}, but {torch.cuda.device_count()} are available")
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        dist.init_process_group("nccl", timeout=timeout)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo", timeout=timeout)
+    return Runtime(device, pick_precision(a.precision, device), a.compile, dist.get_rank(), dist.get_world_size())
 
 
 def pick_device(name: str) -> torch.device:
@@ -131,15 +243,20 @@ def pick_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------------ data
+def extract_sequences(a) -> None:
+    """``--sequences``: extract an hpatches-release dataset into ``OUT/extracted`` once, then use it as ``--data``."""
+    from hpatches.extract import load_sequence
+    from hpatches.prepare import _sequence_folders, extract_many
+
+    target = a.out / "extracted"
+    if not (target / "dataset.json").exists():
+        extract_many([load_sequence(f) for f in _sequence_folders(a.sequences)], target, 2000, a.seed, synthetic=False, progress=not a.quiet)
+    a.data, a.sequences = target, None
+
+
 def load_data(a) -> tuple[PatchDataset, dict]:
     if a.sequences is not None:
-        from hpatches.extract import load_sequence
-        from hpatches.prepare import _sequence_folders, extract_many
-
-        target = a.out / "extracted"
-        if not (target / "dataset.json").exists():
-            extract_many([load_sequence(f) for f in _sequence_folders(a.sequences)], target, 2000, a.seed, synthetic=False, progress=not a.quiet)
-        a.data = target
+        extract_sequences(a)
     if a.data is None:
         from hpatches.prepare import build_default
 
@@ -162,32 +279,46 @@ def load_data(a) -> tuple[PatchDataset, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def stage_denoise(a, ds: PatchDataset, split: dict, device) -> None:
+def stage_denoise(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
+    device = rt.device
     out = a.out / "denoised.npz"
-    torch.manual_seed(a.seed)  # before the model: its initialisation draws from torch's RNG
+    torch.manual_seed(a.seed)  # before the model: its initialisation draws from torch's RNG (the same on every rank)
     model = build_denoiser(a.denoiser)
     if model is None:
-        np.savez(out, **ds.noisy)
+        if rt.main:
+            np.savez(out, **ds.noisy)
         return
     from tqdm import tqdm
 
     model = model.to(device).to(memory_format=torch.channels_last)
+    net = rt.wrap(model)
     x, _, clean = ds.training_arrays(split["train"], noisy=True)
+    x, clean = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(clean))
+    if device.type == "cuda":  # the training patches stay on the GPU: no host-to-device copy per step
+        x, clean = x.to(device), clean.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=a.denoise_lr)
-    rng = np.random.default_rng(a.seed)
+    rng = np.random.default_rng(a.seed + rt.rank)  # each replica draws its own batches
     log = a.out / "denoise_log.csv"
-    with log.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "l1", "identity_l1"])
+    with contextlib.ExitStack() as stack:
+        w = None
+        if rt.main:
+            w = csv.writer(stack.enter_context(log.open("w", newline="")))
+            w.writerow(["step", "l1", "identity_l1"])
         for step in tqdm(range(1, a.denoise_steps + 1), desc="denoise", disable=a.quiet):
-            idx = rng.integers(0, len(x), a.denoise_batch)
-            xb = torch.from_numpy(x[idx]).float()[:, None].to(device).contiguous(memory_format=torch.channels_last)
-            cb = torch.from_numpy(clean[idx]).float()[:, None].to(device)
-            loss = (model(xb) - cb).abs().mean()
+            idx = torch.from_numpy(rng.integers(0, len(x), a.denoise_batch)).to(x.device)
+            xb = x[idx].float()[:, None].to(device).contiguous(memory_format=torch.channels_last)
+            cb = clean[idx].float()[:, None].to(device)
+            with rt.autocast():
+                pred = net(xb)
+            loss = (pred.float() - cb).abs().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            w.writerow([step, f"{loss.item():.4f}", f"{(xb - cb).abs().mean().item():.4f}"])
+            rt.end_step()
+            if w is not None:
+                w.writerow([step, f"{loss.item():.4f}", f"{(xb - cb).abs().mean().item():.4f}"])
+    if not rt.main:
+        return
     torch.save(model.state_dict(), a.out / "denoiser.pt")
     model.eval()
     denoised = {}
@@ -219,102 +350,147 @@ def _augment(x: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Genera
     return out
 
 
-def stage_descriptor(a, ds: PatchDataset, split: dict, device) -> None:
+def _all_ranks(obj, rt: Runtime) -> list:
+    """``obj`` from every replica, in rank order (the object itself in a list for one process)."""
+    if not rt.ddp or rt.device.type == "xla":  # the xla backend has no object collectives: rank 0's state only
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * rt.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
     from tqdm import tqdm
 
+    device = rt.device
     den = np.load(a.out / "denoised.npz")
     patches = np.concatenate([den[s].reshape(-1, ds.size, ds.size) for s in split["train"]])
     labels = np.concatenate([np.tile(np.arange(ds.num_patches(s)), 16) + off for s, off in zip(split["train"], np.cumsum([0] + [ds.num_patches(s) for s in split["train"]][:-1]))])
     x_all = torch.from_numpy(patches).float()[:, None]
     y_all = torch.from_numpy(labels.astype(np.int64))
+    on_device = device.type == "cuda" and a.augment == "none"  # the training patches stay on the GPU
+    if on_device:
+        x_all, y_all = x_all.to(device), y_all.to(device)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     random.seed(a.seed)
     model = L2Net().to(device).to(memory_format=torch.channels_last)
+    net = rt.wrap(model)  # DDP broadcasts rank 0's initial weights
+    if rt.ddp:  # different dropout masks on each replica from here on
+        torch.manual_seed(a.seed + rt.rank)
     # offline: triplets mined from the descriptors of the whole training bank (hardest negative, random positive),
-    # re-mined every --offline-every steps; each step trains on S·K // 3 of them
-    miner = {"random": {"name": "random", "seed": a.seed}, "batch_hard": "batch_hard", "batch_all": "batch_all", "offline": "random"}[a.miner]
-    loss_fn = LOSSES.build("triplet", margin=a.margin, margin_fn=a.margin_fn, distance=a.distance, miner=miner)
+    # re-mined every --offline-every steps; each step trains on S·K // 3 of them. They are local to each replica, so
+    # the offline loss is not gathered (DDP's gradient average is the mean over all replicas' triplets).
+    static = rt.compile or device.type == "xla"  # fixed shapes: no host sync for the class size, no NaN check
+    max_k = max(k for _, k in a.sk)
+    miner = {"random": {"name": "random", "seed": a.seed}, "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
+             "batch_all": "batch_all", "offline": "random"}[a.miner]
+    loss_fn = LOSSES.build("triplet", margin=a.margin, margin_fn=a.margin_fn, distance=a.distance, miner=miner,
+                           validate=not static, gather_distributed=rt.ddp and a.miner != "offline")
     offline = OfflineMiner(distance=a.distance, positive="random", negative="hardest", seed=a.seed) if a.miner == "offline" else None
     mined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     opt = torch.optim.Adam(model.parameters(), lr=a.lr) if a.optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
-    sched = SteppedBatchScheduler(a.sk, margin_fn=loss_fn, patience=a.patience, guard=True, guard_patience=4 * a.patience) if a.scheduler == "stepped_batch" else None
+    sched = (SteppedBatchScheduler(a.sk, margin_fn=loss_fn, patience=a.patience, guard=True, guard_patience=4 * a.patience, sync_distributed=rt.ddp)
+             if a.scheduler == "stepped_batch" else None)
     S, K = (sched.S, sched.K) if sched else a.sk[0]
-    sampler = SymmetricSampler(labels, S, K, seed=a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
+    sampler = SymmetricSampler(labels, S, K, seed=a.seed, rank=rt.rank, world_size=rt.world)
+    gen = torch.Generator().manual_seed(a.seed + rt.rank)
     ckpt = a.out / "checkpoint.pt"
     step = 0
     if a.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location="cpu")
+        if state.get("world", 1) != rt.world:
+            raise SystemExit(f"error: {ckpt} was written by {state.get('world', 1)} process(es); resume it with as many (this run has {rt.world})")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched:
             sched.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        gen.set_state(state["augment_rng"])
-        set_rng_state(state["rng"])
+        mine = state["ranks"][rt.rank] if rt.rank < len(state["ranks"]) else state["ranks"][0]
+        # each replica's own position: a sharded sampler has generated up to its own next batch
+        sampler.load_state_dict(mine.get("sampler", state["sampler"]))
+        gen.set_state(mine["augment_rng"])
+        set_rng_state(mine["rng"], device)
         step = state["step"]
         mined = state.get("mined")
         if offline is not None and state.get("offline_rng") is not None:
             offline.load_state_dict(state["offline_rng"])
+        if state.get("miner_rng") is not None:
+            loss_fn.miner.load_state_dict(state["miner_rng"])
     log = a.out / "log.csv"
-    if step == 0 or not log.exists():
-        log.write_text("step,loss,stage,batch\n")
-    else:
-        keep = [r for r in log.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
-        log.write_text("step,loss,stage,batch\n" + "".join(r + "\n" for r in keep))
+    if rt.main:
+        if step == 0 or not log.exists():
+            log.write_text("step,loss,stage,batch\n")
+        else:
+            keep = [r for r in log.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
+            log.write_text("step,loss,stage,batch\n" + "".join(r + "\n" for r in keep))
     monitor = CollapseMonitor(loss_fn, action="warn")
     probe_k = 2 if np.bincount(labels).min() < 4 else 4
     probe = torch.tensor(next(iter(SymmetricSampler(labels, min(64, len(np.unique(labels))), probe_k, seed=a.seed + 1))))
-    model.train()
+    net.train()
     batches = iter(sampler)
     bar = tqdm(total=a.steps, initial=step, desc="descriptor", disable=a.quiet)
-    with log.open("a") as f:
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(log.open("a")) if rt.main else None
         while step < a.steps:
             if offline is not None:
                 if mined is None or step % a.offline_every == 0:
                     mined = _mine_bank(model, x_all, y_all, offline, device)
                 b = max(1, sampler.batch_size // 3)
                 pick = torch.randint(0, len(mined[0]), (b,), generator=gen)
-                idx = torch.cat([mined[0][pick], mined[1][pick], mined[2][pick]])
+                idx = torch.cat([mined[0][pick], mined[1][pick], mined[2][pick]]).to(x_all.device)
                 xb = x_all[idx].to(device).contiguous(memory_format=torch.channels_last)
                 r = torch.arange(b, device=device)
-                loss = loss_fn(model(xb), triplets=(r, r + b, r + 2 * b))
+                with rt.autocast():
+                    emb = net(xb)
+                loss = loss_fn(emb.float(), triplets=(r, r + b, r + 2 * b))
             else:
                 try:
                     idx = torch.tensor(next(batches))
                 except StopIteration:
                     batches = iter(sampler)
                     continue
+                idx = idx.to(x_all.device)
                 yb = y_all[idx]
                 xb = _augment(x_all[idx], yb - yb.min(), a.augment, gen).to(device).contiguous(memory_format=torch.channels_last)
-                loss = loss_fn(model(xb), yb.to(device))
+                with rt.autocast():
+                    emb = net(xb)
+                loss = loss_fn(emb.float(), yb.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            rt.end_step()
             step += 1
             value = float(loss.detach())
-            if sched and sched.step(value):
+            if sched and sched.step(value):  # under DDP the scheduler judges the replicas' mean loss
                 sampler.set_batch_shape(sched.S, sched.K)
-            f.write(f"{step},{value:.6f},{sched.stage if sched else 0},{sampler.batch_size}\n")
-            if step % a.monitor_every == 0:
+            if rt.ddp and not sched:
+                value = all_reduce_mean(value)
+            if f is not None:
+                f.write(f"{step},{value:.6f},{sched.stage if sched else 0},{sampler.batch_size * rt.world}\n")
+            if step % a.monitor_every == 0 and rt.main:
                 # the descriptors as they will be used (eval mode); a CollapseWarning says when they collapse
                 model.eval()
                 with torch.no_grad():
-                    stats = monitor.update(model(x_all[probe].to(device)).cpu(), y_all[probe], value)
+                    stats = monitor.update(model(x_all[probe.to(x_all.device)].to(device)).cpu(), y_all[probe.to(y_all.device)].cpu(), value)
                 model.train()
-                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size, spread=f"{stats.mean_distance:.3f}")
+                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size * rt.world, spread=f"{stats.mean_distance:.3f}")
             else:
-                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size)
+                bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size * rt.world)
             bar.update(1)
             if step % a.checkpoint_every == 0 or step == a.steps:
-                f.flush()
-                atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                              "sampler": sampler.state_dict(), "augment_rng": gen.get_state(), "rng": rng_state(), "step": step,
-                              "mined": mined, "offline_rng": offline.state_dict() if offline is not None else None}, ckpt)
+                ranks = _all_ranks({"rng": rng_state(device), "augment_rng": gen.get_state(), "sampler": sampler.state_dict()}, rt)
+                if rt.main:
+                    f.flush()
+                    atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                                 "sampler": sampler.state_dict(), "ranks": ranks, "step": step, "world": rt.world,
+                                 "mined": mined, "offline_rng": offline.state_dict() if offline is not None else None,
+                                 "miner_rng": loss_fn.miner.state_dict() if hasattr(loss_fn.miner, "state_dict") else None}, ckpt)
                 batches = iter(sampler)
     bar.close()
-    torch.save(model.state_dict(), a.out / "descriptor.pt")
+    if rt.main:
+        torch.save(model.state_dict(), a.out / "descriptor.pt")
 
 
 def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, miner, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -323,7 +499,7 @@ def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
     with torch.no_grad():
         bank = torch.cat([model(x_all[b : b + 2048].to(device)).cpu() for b in range(0, len(x_all), 2048)])
     model.train()
-    t = miner(bank, y_all)
+    t = miner(bank, y_all.cpu())
     keep = torch.nonzero(t.valid).flatten()
     return t.anchor[keep], t.positive[keep], t.negative[keep]
 
@@ -433,30 +609,120 @@ def curves(a) -> None:
     plt.close(fig)
 
 
+def run(a: argparse.Namespace, rt: Runtime) -> dict:
+    """One configuration: the stages in order, in the run folder ``a.out``."""
+    a.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if rt.main:  # rank 0 extracts or builds the data (and its cache); the others read it afterwards
+        ds, split = load_data(a)
+    rt.barrier()
+    if not rt.main:
+        ds, split = load_data(a)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    config.update(synthetic_data=ds.synthetic, split=split, device_used=str(rt.device), precision_used=rt.precision, world_size=rt.world)
+    if rt.main:
+        (a.out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    results = {}
+    for stage in a.stage_list:
+        if stage == "denoise" and not ((a.resume or getattr(a, "shared_denoise", False)) and (a.out / "denoised.npz").exists()):
+            stage_denoise(a, ds, split, rt)
+        elif stage == "descriptor" and not (a.resume and (a.out / "descriptor.pt").exists() and (a.out / "checkpoint.pt").exists() and torch.load(a.out / "checkpoint.pt", weights_only=False)["step"] >= a.steps):
+            stage_descriptor(a, ds, split, rt)
+        elif stage == "evaluate" and rt.main:
+            results = stage_evaluate(a, ds, split, rt.device)
+        rt.barrier()
+    if rt.main:
+        curves(a)
+        if not a.quiet:
+            print(f"run folder {a.out} ({time.perf_counter() - t0:.0f} s)")
+    return results
+
+
+def run_all(argv: list[str] | None, a: argparse.Namespace, rt: Runtime) -> dict:
+    """Every preset into ``OUT/<preset>``, one denoiser per denoiser type, and ``OUT/experiments.md``."""
+    if a.sequences is not None:
+        if rt.main:
+            extract_sequences(a)
+        rt.barrier()
+        a.data, a.sequences = a.out / "extracted", None
+    denoised_by: dict[tuple, Path] = {}
+    table = {}
+    for name in PRESETS:
+        b = build_parser().parse_args(argv)
+        b.experiment, b.out, b.data, b.sequences = name, a.out / name, a.data, None
+        b = resolve(b)
+        if not rt.main:
+            b.quiet = True
+        key = (b.denoiser, b.denoise_steps, b.denoise_batch, b.denoise_lr, b.precision, b.seed)
+        source = denoised_by.get(key)
+        b.out.mkdir(parents=True, exist_ok=True)
+        if source is not None and "denoise" in b.stage_list:
+            if rt.main and not (b.out / "denoised.npz").exists():
+                for file in ("denoised.npz", "denoiser.pt", "denoise_log.csv"):
+                    if (source / file).exists():
+                        shutil.copy2(source / file, b.out / file)
+            rt.barrier()
+            b.shared_denoise = True
+        if not b.quiet:
+            print(f"== experiment {name} ==")
+        table[name] = run(b, rt)
+        denoised_by.setdefault(key, b.out)
+    if rt.main and all(table.values()):
+        experiments_table(a.out, table)
+    return table
+
+
+def experiments_table(out: Path, table: dict[str, dict]) -> None:
+    """The study's table: one row per preset, then the baselines evaluated on each denoiser's output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tabulate import tabulate
+
+    tasks = ("verification", "matching", "retrieval")
+    rows, baselines = [], {}
+    for name, res in table.items():
+        config = json.loads((out / name / "config.json").read_text())
+        rows.append([name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"]] + [res["ours (L2-Net)"][t] for t in tasks])
+        for base in ("SIFT", "raw pixels"):
+            baselines.setdefault((base, config["denoiser"]), [res[base][t] for t in tasks])
+    for (base, den), vals in baselines.items():
+        rows.append([base, den, "", "", ""] + vals)
+    config = json.loads((out / next(iter(table)) / "config.json").read_text())
+    data = "SYNTHETIC embedded default" if config.get("synthetic_data") else config["data"]
+    md = [f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)", "",
+          tabulate(rows, headers=["experiment", "denoiser", "miner", "margin", "S×K stages"] + list(tasks), tablefmt="github", floatfmt=".4f"), ""]
+    (out / "experiments.md").write_text("\n".join(md))
+    (out / "experiments.json").write_text(json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(tasks, r[5:])) for r in rows}, indent=1))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.bar(np.arange(3) + i * width, r[5:], width, label=r[0] if r[0] in table else f"{r[0]} ({r[1]})")
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2)
+    ax.set_xticklabels(tasks)
+    ax.set_ylabel("mAP")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "experiments.png", dpi=110)
+    plt.close(fig)
+    print("\n".join(md))
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = resolve(build_parser().parse_args(argv))
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = pick_device(a.device)
-    a.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    ds, split = load_data(a)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    config["synthetic_data"] = ds.synthetic
-    config["split"] = split
-    (a.out / "config.json").write_text(json.dumps(config, indent=1, default=str))
-    results = {}
-    for stage in a.stage_list:
-        if stage == "denoise" and not (a.resume and (a.out / "denoised.npz").exists()):
-            stage_denoise(a, ds, split, device)
-        elif stage == "descriptor" and not (a.resume and (a.out / "descriptor.pt").exists() and (a.out / "checkpoint.pt").exists() and torch.load(a.out / "checkpoint.pt", weights_only=False)["step"] >= a.steps):
-            stage_descriptor(a, ds, split, device)
-        elif stage == "evaluate":
-            results = stage_evaluate(a, ds, split, device)
-    curves(a)
-    if not a.quiet:
-        print(f"run folder {a.out} ({time.perf_counter() - t0:.0f} s)")
-    return results
+    rt = setup_runtime(a)
+    if not rt.main:
+        a.quiet = True
+    try:
+        return run_all(argv, a, rt) if a.experiment == "all" else run(a, rt)
+    finally:
+        if rt.ddp:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
