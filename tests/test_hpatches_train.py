@@ -88,6 +88,16 @@ def test_bad_flags_are_clear_errors(tiny, tmp_path):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages", "train"])
     with pytest.raises(SystemExit, match="--stages-sk must look like"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages-sk", "big"])
+    with pytest.raises(SystemExit, match="--xla-launch needs --device xla"):
+        main(["--data", str(tiny), "--out", str(tmp_path), "--xla-launch"])
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="needs torch-xla"):
+            main(["--data", str(tiny), "--out", str(tmp_path), "--device", "xla"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            main(["--data", str(tiny), "--out", str(tmp_path), "--device", "cuda"])
 
 
 def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path):

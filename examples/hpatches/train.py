@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="autocast dtype of the training forward passes")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--xla-launch", action="store_true", help="with --device xla: one process per local XLA device (torch_xla.launch), e.g. on each TPU VM host of a pod")
     p.add_argument("--quiet", action="store_true")
     # denoiser
     p.add_argument("--denoiser", default=None, choices=["shallow", "deep", "none"])
@@ -709,8 +710,24 @@ def experiments_table(out: Path, table: dict[str, dict]) -> None:
     print("\n".join(md))
 
 
+def _xla_worker(index: int, argv: list[str]) -> None:
+    """One replica under ``torch_xla.launch``: the process-group environment comes from the PJRT runtime."""
+    import torch_xla.runtime as xr
+
+    os.environ.update(WORLD_SIZE=str(xr.world_size()), RANK=str(xr.global_ordinal()), LOCAL_RANK=str(xr.local_ordinal()))
+    main([x for x in argv if x != "--xla-launch"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = resolve(build_parser().parse_args(argv))
+    if a.xla_launch:
+        if a.device != "xla":
+            raise SystemExit("error: --xla-launch needs --device xla")
+        pick_device("xla")  # a clear error when torch-xla is missing
+        import torch_xla
+
+        torch_xla.launch(_xla_worker, args=(list(sys.argv[1:] if argv is None else argv),))
+        return {}
     if a.threads:
         torch.set_num_threads(a.threads)
     rt = setup_runtime(a)
