@@ -3,7 +3,8 @@ and memory format; and the study's denoise-epoch table filled from the measured 
 
 A step is forward + loss + backward + optimiser step: batch-hard (S×K, K = 8… or 2 for tiny batches) for L2-Net,
 L1 against a target for the U-Nets, SGD. CPU rows run on TRIPLETKIT_BENCH_THREADS threads (default 1);
-``--bench-profile large`` adds batch 1024 and 4096. CUDA rows appear on a machine with a GPU (bf16 autocast as well).
+``--bench-profile large`` adds batch 1024 and 4096. CUDA rows appear on a machine with a GPU (bf16 autocast and
+bf16 + torch.compile as well); CPU bf16 rows (channels_last) on CPUs with native bf16.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from tripletkit import BatchHardLoss  # noqa: E402
 
 MODELS = {"l2net": L2Net, "shallow_unet": ShallowUNet, "deep_unet": DeepUNet}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# bf16 autocast rows: on a GPU, and on CPUs whose oneDNN runs bf16 natively (AMX / AVX512-BF16; emulated elsewhere)
+CPU_BF16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+BF16_CASES = ([("cpu", False)] if CPU_BF16 else []) + ([("cuda", False), ("cuda", True)] if torch.cuda.is_available() else [])
 # The coursework's denoiser training set (N-HPatches split a, all 16 images of the 76 train sequences), used to turn a
 # measured throughput into the study's "denoise epoch" time.
 DENOISE_EPOCH_PATCHES = 1_558_960
@@ -89,11 +93,11 @@ def test_training_step(benchmark, name, batch, device, channels_last):
     _run(benchmark, name, batch, device, channels_last)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast and torch.compile rows are measured on a GPU")
-@pytest.mark.parametrize("compiled", [False, True], ids=["bf16", "bf16+compile"])
+@pytest.mark.skipif(not BF16_CASES, reason="no native bf16 here: neither a GPU nor a CPU with AMX/AVX512-BF16")
+@pytest.mark.parametrize("device,compiled", BF16_CASES or [("cpu", False)], ids=[f"{d}-bf16{'+compile' if c else ''}" for d, c in BF16_CASES or [("cpu", False)]])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_training_step_bf16(benchmark, name, batch, compiled):
-    _run(benchmark, name, batch, "cuda", True, bf16=True, compiled=compiled)
+def test_training_step_bf16(benchmark, name, batch, device, compiled):
+    _run(benchmark, name, batch, device, True, bf16=True, compiled=compiled)
 
 
 @pytest.mark.parametrize("device", DEVICES)

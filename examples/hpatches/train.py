@@ -630,7 +630,8 @@ def run(a: argparse.Namespace, rt: Runtime) -> dict:
         elif stage == "descriptor" and not (a.resume and (a.out / "descriptor.pt").exists() and (a.out / "checkpoint.pt").exists() and torch.load(a.out / "checkpoint.pt", weights_only=False)["step"] >= a.steps):
             stage_descriptor(a, ds, split, rt)
         elif stage == "evaluate" and rt.main:
-            results = stage_evaluate(a, ds, split, rt.device)
+            # on XLA the evaluation runs on the CPU: ragged last batches would each compile a new graph
+            results = stage_evaluate(a, ds, split, torch.device("cpu") if rt.device.type == "xla" else rt.device)
         rt.barrier()
     if rt.main:
         curves(a)
