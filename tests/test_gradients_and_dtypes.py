@@ -90,6 +90,26 @@ def test_dtype_table(dtype, loss_cls, margin_fn):
     assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
 
 
+@pytest.mark.parametrize("loss_fn", list(_losses()))
+def test_inside_a_callers_autocast_region_the_loss_is_float32(loss_fn):
+    """A model's forward and its loss are often wrapped in one torch.autocast block: the loss must still compute its
+    distances in float32 (the value of the float32 computation on the same inputs), not fail or drop to bf16."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 16, generator=g).requires_grad_(True)
+    labels = torch.arange(16).repeat_interleave(4)
+    if hasattr(loss_fn, "miner") and hasattr(loss_fn.miner, "_generators"):
+        loss_fn.miner._generators.clear()
+    plain = loss_fn(x, labels)
+    if hasattr(loss_fn, "miner") and hasattr(loss_fn.miner, "_generators"):
+        loss_fn.miner._generators.clear()  # the random miner draws the same triplets again
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss_fn(x, labels)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-6)
+    inside.backward()
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize(
     "loss_fn",
     [

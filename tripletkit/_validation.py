@@ -6,7 +6,9 @@ The checks that need the tensor's values (NaN/inf) synchronise with the device, 
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor
@@ -90,3 +92,25 @@ def check_choice(value: object, choices: tuple[str, ...], name: str) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def outside_autocast(fn: _F) -> _F:
+    """Run ``fn`` with autocast switched off for the device of its first tensor argument.
+
+    The losses promise float32 arithmetic for half-precision embeddings; inside a caller's ``torch.autocast`` region
+    the distance GEMM would otherwise run in bf16/fp16 (and write into float32 buffers, which fails). A model's
+    forward is often wrapped in autocast together with its loss, so the losses and miners opt out themselves.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        if tensor is None or not torch.is_autocast_enabled(tensor.device.type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type=tensor.device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

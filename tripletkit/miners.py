@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_embeddings, check_labels, check_margin
+from ._validation import check_choice, check_embeddings, check_labels, check_margin, outside_autocast
 from .distances import DISTANCES, Distance
 from .functional import miners as F
 from .functional.losses import mine_batch_hard
@@ -45,6 +45,7 @@ class Miner:
     registry_name = ""
     per_anchor = True
 
+    @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         raise NotImplementedError
 
@@ -95,6 +96,7 @@ class BatchHardMiner(Miner):
         self.max_class_size = max_class_size
 
     @torch.no_grad()
+    @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
         x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
@@ -113,6 +115,7 @@ class RandomMiner(_SeededMiner):
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
 
+    @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
         return F.random_triplets(labels, generator=self._generator(labels.device))
@@ -128,6 +131,7 @@ class BatchAllMiner(Miner):
     registry_name = "batch_all"
     per_anchor = False
 
+    @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
         blocks = list(F.iter_batch_all_triplets(labels))
@@ -167,6 +171,7 @@ class OfflineMiner(_SeededMiner):
         self.chunk_size = chunk_size
 
     @torch.no_grad()
+    @outside_autocast
     def __call__(self, bank: Tensor, labels: Tensor, anchors: Tensor | None = None) -> Triplets:  # type: ignore[override]
         check_embeddings(bank, name="bank")
         labels = check_labels(labels, bank.shape[0], device=bank.device)

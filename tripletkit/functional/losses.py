@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import _compiling, compute_dtype
+from .._validation import _compiling, compute_dtype, outside_autocast
 from .miners import Triplets, batch_hard_triplets, batch_hard_triplets_factored, class_members, random_triplets
 from .reductions import reduce_losses
 from .types import DistanceLike, MarginLike
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 
+@outside_autocast
 def triplet_margin_loss(
     embeddings: Tensor,
     triplets: Triplets,
@@ -62,6 +63,7 @@ def triplet_margin_loss(
     return reduce_losses(margin_fn(d_ap - d_an), triplets.valid, reduction)
 
 
+@outside_autocast
 def batch_hard_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -85,6 +87,7 @@ def batch_hard_triplet_loss(
 
 
 @torch.no_grad()
+@outside_autocast
 def mine_batch_hard(
     x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False, max_class_size: int | None = None
 ) -> Triplets:
@@ -104,6 +107,7 @@ def mine_batch_hard(
     return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
 
+@outside_autocast
 def random_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -184,6 +188,7 @@ class _BatchAllSum(torch.autograd.Function):
         return grad_x * grad_total, None, None, None, None, None, None
 
 
+@outside_autocast
 def batch_all_triplet_loss(
     embeddings: Tensor,
     labels: Tensor,
