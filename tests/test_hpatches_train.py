@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 
 
 FAST = ["--denoise-steps", "3", "--denoise-batch", "16", "--steps", "6", "--stages-sk", "2x2,4x2", "--patience", "2",
-        "--checkpoint-every", "3", "--monitor-every", "2", "--verification-pairs", "200", "--queries", "5", "--threads", "1", "--quiet"]
+        "--checkpoint-every", "3", "--monitor-every", "2", "--eval-every", "2", "--verification-pairs", "200", "--queries", "5", "--threads", "1", "--quiet"]
 
 
 def test_end_to_end_outputs(tiny, tmp_path):
@@ -45,6 +45,26 @@ def test_end_to_end_outputs(tiny, tmp_path):
     for r in results.values():
         assert all(0.0 <= r[t] <= 1.0 for t in ("verification", "matching", "retrieval")) and r["ties"] == "reference"
     assert len((out / "log.csv").read_text().splitlines()) == 7
+    curve = (out / "map_log.csv").read_text().splitlines()
+    assert curve[0] == "step,matching_map" and [int(r.split(",")[0]) for r in curve[1:]] == [2, 4, 6]
+    assert all(0.0 <= float(r.split(",")[1]) <= 1.0 for r in curve[1:])
+
+
+def test_epochs_are_a_patch_budget_and_resume_exactly(tiny, tmp_path):
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--denoise-epochs", "0.1"] + FAST + ["--epochs", "0.5"]
+    main(args + ["--out", str(tmp_path / "a")])
+    rows = [r.split(",") for r in (tmp_path / "a" / "log.csv").read_text().splitlines()[1:]]
+    # 2 training sequences × 10 patches × 16 images = 320 patches; half of them, in batches of 4 then 8
+    used = np.cumsum([int(r[3]) for r in rows])
+    assert used[-1] >= 160 and used[-2] < 160
+    # 320 pairs × 0.1 / batch 16 → 2 denoiser steps
+    assert len((tmp_path / "a" / "denoise_log.csv").read_text().splitlines()) == 3
+    main(args[:-2] + ["--epochs", "0.25", "--out", str(tmp_path / "b")])
+    main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    a = torch.load(tmp_path / "a" / "descriptor.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
 
 
 @pytest.mark.parametrize("miner", [["batch_hard"], ["random", "--margin", "1"]], ids=["batch_hard", "random"])

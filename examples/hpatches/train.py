@@ -60,7 +60,7 @@ from hpatches.checkpoint import atomic_save, rng_state, set_rng_state  # noqa: E
 from hpatches.baselines import describe, model_descriptors, raw_pixel_descriptors, sift_descriptors  # noqa: E402
 from hpatches.data import PatchDataset, load_dataset  # noqa: E402
 from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from hpatches.evaluate import evaluate, results_figure  # noqa: E402
+from hpatches.evaluate import evaluate, evaluate_matching, results_figure  # noqa: E402
 from hpatches.models import L2Net, build_denoiser  # noqa: E402
 from hpatches.noise import noise_sequence  # noqa: E402
 from hpatches.tasks import generate_verification, write_verification  # noqa: E402
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     # denoiser
     p.add_argument("--denoiser", default=None, choices=["shallow", "deep", "none"])
     p.add_argument("--denoise-steps", type=int, default=300)
+    p.add_argument("--denoise-epochs", type=float, default=None, help="instead of --denoise-steps: passes over the training pairs")
     p.add_argument("--denoise-batch", type=int, default=256)
     p.add_argument("--denoise-lr", type=float, default=1e-3)
     # descriptor
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, choices=["none", "stepped_batch"])
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--steps", type=int, default=300, help="descriptor training steps")
+    p.add_argument("--epochs", type=float, default=None, help="instead of --steps: train until epochs × (training patches) patches have been used (batches grow with the stages)")
+    p.add_argument("--eval-every", type=int, default=250, help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)")
     p.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
@@ -299,6 +302,8 @@ def stage_denoise(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
         x, clean = x.to(device), clean.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=a.denoise_lr)
     rng = np.random.default_rng(a.seed + rt.rank)  # each replica draws its own batches
+    if a.denoise_epochs is not None:  # one epoch: as many pairs as the training set has, over all replicas
+        a.denoise_steps = max(1, int(np.ceil(a.denoise_epochs * len(x) / (a.denoise_batch * rt.world))))
     log = a.out / "denoise_log.csv"
     with contextlib.ExitStack() as stack:
         w = None
@@ -399,9 +404,10 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
     sampler = SymmetricSampler(labels, S, K, seed=a.seed, rank=rt.rank, world_size=rt.world)
     gen = torch.Generator().manual_seed(a.seed + rt.rank)
     ckpt = a.out / "checkpoint.pt"
-    step = 0
+    step = seen = 0
     if a.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location="cpu")
+        seen = state.get("seen", 0)
         if state.get("world", 1) != rt.world:
             raise SystemExit(f"error: {ckpt} was written by {state.get('world', 1)} process(es); resume it with as many (this run has {rt.world})")
         model.load_state_dict(state["model"])
@@ -419,22 +425,28 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
             offline.load_state_dict(state["offline_rng"])
         if state.get("miner_rng") is not None:
             loss_fn.miner.load_state_dict(state["miner_rng"])
-    log = a.out / "log.csv"
+    log, map_log = a.out / "log.csv", a.out / "map_log.csv"
     if rt.main:
-        if step == 0 or not log.exists():
-            log.write_text("step,loss,stage,batch\n")
-        else:
-            keep = [r for r in log.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
-            log.write_text("step,loss,stage,batch\n" + "".join(r + "\n" for r in keep))
+        for path, header in ((log, "step,loss,stage,batch"), (map_log, "step,matching_map")):
+            if step == 0 or not path.exists():
+                path.write_text(header + "\n")
+            else:
+                keep = [r for r in path.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
+                path.write_text(header + "\n" + "".join(r + "\n" for r in keep))
+    if a.epochs is not None:
+        # a patch budget: with stepped batches the number of steps is only known at the end
+        a.steps = 1 << 62
+    budget = None if a.epochs is None else int(a.epochs * len(labels))
+    curve = _curve_patches(ds, split["test"], den) if rt.main and a.eval_every > 0 and device.type != "xla" else None
     monitor = CollapseMonitor(loss_fn, action="warn")
     probe_k = 2 if np.bincount(labels).min() < 4 else 4
     probe = torch.tensor(next(iter(SymmetricSampler(labels, min(64, len(np.unique(labels))), probe_k, seed=a.seed + 1))))
     net.train()
     batches = iter(sampler)
-    bar = tqdm(total=a.steps, initial=step, desc="descriptor", disable=a.quiet)
+    bar = tqdm(total=budget if budget is not None else a.steps, initial=seen if budget is not None else step, desc="descriptor", unit="patch" if budget else "it", disable=a.quiet)
     with contextlib.ExitStack() as stack:
         f = stack.enter_context(log.open("a")) if rt.main else None
-        while step < a.steps:
+        while (step < a.steps) if budget is None else (seen < budget):
             if offline is not None:
                 if mined is None or step % a.offline_every == 0:
                     mined = _mine_bank(model, x_all, y_all, offline, device)
@@ -463,6 +475,8 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
             opt.step()
             rt.end_step()
             step += 1
+            used = xb.shape[0] * rt.world
+            seen += used
             value = float(loss.detach())
             if sched and sched.step(value):  # under DDP the scheduler judges the replicas' mean loss
                 sampler.set_batch_shape(sched.S, sched.K)
@@ -479,19 +493,33 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
                 bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size * rt.world, spread=f"{stats.mean_distance:.3f}")
             else:
                 bar.set_postfix(loss=f"{value:.3f}", batch=sampler.batch_size * rt.world)
-            bar.update(1)
-            if step % a.checkpoint_every == 0 or step == a.steps:
+            bar.update(used if budget is not None else 1)
+            finished = (step == a.steps) if budget is None else (seen >= budget)
+            if curve is not None and (step % a.eval_every == 0 or finished):
+                score = evaluate_matching(describe(curve, model_descriptors(model, device=device)), curve)["mean"]
+                model.train()
+                with map_log.open("a") as m:
+                    m.write(f"{step},{score:.6f}\n")
+            if step % a.checkpoint_every == 0 or finished:
                 ranks = _all_ranks({"rng": rng_state(device), "augment_rng": gen.get_state(), "sampler": sampler.state_dict()}, rt)
                 if rt.main:
                     f.flush()
                     atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                                 "sampler": sampler.state_dict(), "ranks": ranks, "step": step, "world": rt.world,
+                                 "sampler": sampler.state_dict(), "ranks": ranks, "step": step, "seen": seen, "train_patches": len(labels), "world": rt.world,
                                  "mined": mined, "offline_rng": offline.state_dict() if offline is not None else None,
                                  "miner_rng": loss_fn.miner.state_dict() if hasattr(loss_fn.miner, "state_dict") else None}, ckpt)
                 batches = iter(sampler)
     bar.close()
+    if budget is not None:
+        a.steps = step  # what the budget came to: recorded for the resume check and the config
     if rt.main:
         torch.save(model.state_dict(), a.out / "descriptor.pt")
+
+
+def _curve_patches(ds: PatchDataset, test: list[str], den, sequences: int = 3, patches: int = 500) -> dict:
+    """The learning curve's fixed evaluation set: the first ``patches`` patches of the first ``sequences`` test
+    sequences (all 16 images). It only draws the curve; nothing is selected on it."""
+    return {s: {t: den[s][k][:patches] for k, t in enumerate(IMAGE_TYPES)} for s in test[:sequences]}
 
 
 def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, miner, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -587,7 +615,7 @@ def curves(a) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     if (a.out / "denoise_log.csv").exists():
         import pandas as pd
 
@@ -605,6 +633,13 @@ def curves(a) -> None:
         ax2.step(d.step, d.batch, color="C3", where="post", label="batch size")
         ax2.set_ylabel("batch size")
         axes[1].set(xlabel="step", ylabel="triplet loss", title="descriptor")
+    if (a.out / "map_log.csv").exists():
+        import pandas as pd
+
+        d = pd.read_csv(a.out / "map_log.csv")
+        if len(d):
+            axes[2].plot(d.step, d.matching_map, marker="o")
+        axes[2].set(xlabel="step", ylabel="matching mAP", title="matching mAP (3 test sequences × 500 patches)")
     fig.tight_layout()
     fig.savefig(a.out / "curves.png", dpi=110)
     plt.close(fig)
@@ -627,7 +662,7 @@ def run(a: argparse.Namespace, rt: Runtime) -> dict:
     for stage in a.stage_list:
         if stage == "denoise" and not ((a.resume or getattr(a, "shared_denoise", False)) and (a.out / "denoised.npz").exists()):
             stage_denoise(a, ds, split, rt)
-        elif stage == "descriptor" and not (a.resume and (a.out / "descriptor.pt").exists() and (a.out / "checkpoint.pt").exists() and torch.load(a.out / "checkpoint.pt", weights_only=False)["step"] >= a.steps):
+        elif stage == "descriptor" and not (a.resume and (a.out / "descriptor.pt").exists() and _descriptor_done(a)):
             stage_descriptor(a, ds, split, rt)
         elif stage == "evaluate" and rt.main:
             # on XLA the evaluation runs on the CPU: ragged last batches would each compile a new graph
@@ -638,6 +673,17 @@ def run(a: argparse.Namespace, rt: Runtime) -> dict:
         if not a.quiet:
             print(f"run folder {a.out} ({time.perf_counter() - t0:.0f} s)")
     return results
+
+
+def _descriptor_done(a: argparse.Namespace) -> bool:
+    """Whether the checkpoint already holds the whole requested training (steps, or the epochs' patch budget)."""
+    path = a.out / "checkpoint.pt"
+    if not path.exists():
+        return False
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    if a.epochs is not None:
+        return state.get("seen", 0) >= int(a.epochs * state.get("train_patches", float("inf")))
+    return state["step"] >= a.steps
 
 
 def run_all(argv: list[str] | None, a: argparse.Namespace, rt: Runtime) -> dict:
