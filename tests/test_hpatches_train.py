@@ -108,6 +108,8 @@ def test_bad_flags_are_clear_errors(tiny, tmp_path):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages", "train"])
     with pytest.raises(SystemExit, match="--stages-sk must look like"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages-sk", "big"])
+    with pytest.raises(SystemExit, match="--init-descriptor"):
+        main(["--data", str(tiny), "--out", str(tmp_path), "--stages", "denoise,descriptor", "--denoise-steps", "1", "--init-descriptor", str(tmp_path / "nope.pt")])
     with pytest.raises(SystemExit, match="--xla-launch needs --device xla"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--xla-launch"])
     try:
@@ -140,6 +142,11 @@ def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path
         other = torch.load(out / name / "denoiser.pt", weights_only=True)
         assert all(torch.equal(first[k], other[k]) for k in first)
     assert (out / "experiments.png").exists()
+    # as in the study, batch hard starts from the baseline's weights
+    for name in ("bh128", "bh1024", "soft-bh1024"):
+        assert json.loads((out / name / "config.json").read_text())["init_descriptor"] == str(out / "baseline" / "descriptor.pt")
+        assert f"| {name} " in md and "baseline" in [c.strip() for c in md.split(f"| {name} ")[1].split("\n")[0].split("|")]
+    assert json.loads((out / "baseline" / "config.json").read_text())["momentum"] == 0.0
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -69,15 +69,18 @@ from tripletkit.distributed import all_reduce_mean  # noqa: E402
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
-# The study's table (../shared/seed): margin 1 as the coursework baseline; Adam 2e-4 for batch hard, stepping the
-# batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with K 2 → 8 (bh1024).
+# The study's table (../shared/seed): the baseline is random triplets, hinge margin 1, "default SGD" (Keras: no
+# momentum) at 0.1; batch hard uses Adam 2e-4, stepping the batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with
+# K 2 → 8 (bh1024), "starting with weights from the baseline model": under --experiment all the batch-hard presets
+# start from the baseline run's descriptor (INIT_FROM); run alone, pass --init-descriptor.
 PRESETS: dict[str, dict] = {
-    "baseline": dict(denoiser="shallow", miner="random", margin_fn="hinge", margin=1.0, optimizer="sgd", lr=0.1, stages_sk="25x2", scheduler="none"),
-    "soft-baseline": dict(denoiser="deep", miner="random", margin_fn="softplus", margin=0.0, optimizer="sgd", lr=0.1, stages_sk="25x2", scheduler="none"),
+    "baseline": dict(denoiser="shallow", miner="random", margin_fn="hinge", margin=1.0, optimizer="sgd", lr=0.1, momentum=0.0, stages_sk="25x2", scheduler="none"),
+    "soft-baseline": dict(denoiser="deep", miner="random", margin_fn="softplus", margin=0.0, optimizer="sgd", lr=0.1, momentum=0.0, stages_sk="25x2", scheduler="none"),
     "bh128": dict(denoiser="deep", miner="batch_hard", margin_fn="hinge", margin=1.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4", scheduler="stepped_batch"),
     "bh1024": dict(denoiser="deep", miner="batch_hard", margin_fn="hinge", margin=1.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4,64x6,128x8", scheduler="stepped_batch"),
     "soft-bh1024": dict(denoiser="deep", miner="batch_hard", margin_fn="softplus", margin=0.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4,64x6,128x8", scheduler="stepped_batch"),
 }
+INIT_FROM = {"bh128": "baseline", "bh1024": "baseline", "soft-bh1024": "baseline"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
     p.add_argument("--optimizer", default=None, choices=["adam", "sgd"])
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9; the study's baselines: 0)")
+    p.add_argument("--init-descriptor", type=Path, default=None, help="start the descriptor from these L2-Net weights (a descriptor.pt)")
     p.add_argument("--stages-sk", default=None, help="S×K per stage, e.g. 32x2,32x4 (one entry: a fixed S×K)")
     p.add_argument("--scheduler", default=None, choices=["none", "stepped_batch"])
     p.add_argument("--patience", type=int, default=50)
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-DEFAULTS = dict(denoiser="shallow", miner="batch_hard", margin_fn="hinge", margin=None, optimizer="adam", lr=2e-4, stages_sk="16x2,16x4,32x4", scheduler="stepped_batch")
+DEFAULTS = dict(denoiser="shallow", miner="batch_hard", margin_fn="hinge", margin=None, optimizer="adam", lr=2e-4, momentum=0.9, stages_sk="16x2,16x4,32x4", scheduler="stepped_batch")
 
 
 def resolve(a: argparse.Namespace) -> argparse.Namespace:
@@ -382,7 +387,13 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     random.seed(a.seed)
-    model = L2Net().to(device).to(memory_format=torch.channels_last)
+    model = L2Net()
+    if a.init_descriptor is not None:
+        try:
+            model.load_state_dict(torch.load(a.init_descriptor, weights_only=True, map_location="cpu"))
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"error: --init-descriptor {a.init_descriptor}: {e}") from None
+    model = model.to(device).to(memory_format=torch.channels_last)
     net = rt.wrap(model)  # DDP broadcasts rank 0's initial weights
     if rt.ddp:  # different dropout masks on each replica from here on
         torch.manual_seed(a.seed + rt.rank)
@@ -397,7 +408,7 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
                            validate=not static, gather_distributed=rt.ddp and a.miner != "offline")
     offline = OfflineMiner(distance=a.distance, positive="random", negative="hardest", seed=a.seed) if a.miner == "offline" else None
     mined: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr) if a.optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr) if a.optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=a.lr, momentum=a.momentum)
     sched = (SteppedBatchScheduler(a.sk, margin_fn=loss_fn, patience=a.patience, guard=True, guard_patience=4 * a.patience, sync_distributed=rt.ddp)
              if a.scheduler == "stepped_batch" else None)
     S, K = (sched.S, sched.K) if sched else a.sk[0]
@@ -699,6 +710,8 @@ def run_all(argv: list[str] | None, a: argparse.Namespace, rt: Runtime) -> dict:
         b = build_parser().parse_args(argv)
         b.experiment, b.out, b.data, b.sequences = name, a.out / name, a.data, None
         b = resolve(b)
+        if name in INIT_FROM and b.init_descriptor is None and (a.out / INIT_FROM[name] / "descriptor.pt").exists():
+            b.init_descriptor = a.out / INIT_FROM[name] / "descriptor.pt"
         if not rt.main:
             b.quiet = True
         key = (b.denoiser, b.denoise_steps, b.denoise_batch, b.denoise_lr, b.precision, b.seed)
@@ -732,21 +745,22 @@ def experiments_table(out: Path, table: dict[str, dict]) -> None:
     rows, baselines = [], {}
     for name, res in table.items():
         config = json.loads((out / name / "config.json").read_text())
-        rows.append([name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"]] + [res["ours (L2-Net)"][t] for t in tasks])
+        start = Path(config["init_descriptor"]).parent.name if config.get("init_descriptor") else "scratch"
+        rows.append([name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"], start] + [res["ours (L2-Net)"][t] for t in tasks])
         for base in ("SIFT", "raw pixels"):
             baselines.setdefault((base, config["denoiser"]), [res[base][t] for t in tasks])
     for (base, den), vals in baselines.items():
-        rows.append([base, den, "", "", ""] + vals)
+        rows.append([base, den, "", "", "", ""] + vals)
     config = json.loads((out / next(iter(table)) / "config.json").read_text())
     data = "SYNTHETIC embedded default" if config.get("synthetic_data") else config["data"]
     md = [f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)", "",
-          tabulate(rows, headers=["experiment", "denoiser", "miner", "margin", "S×K stages"] + list(tasks), tablefmt="github", floatfmt=".4f"), ""]
+          tabulate(rows, headers=["experiment", "denoiser", "miner", "margin", "S×K stages", "starts from"] + list(tasks), tablefmt="github", floatfmt=".4f"), ""]
     (out / "experiments.md").write_text("\n".join(md))
-    (out / "experiments.json").write_text(json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(tasks, r[5:])) for r in rows}, indent=1))
+    (out / "experiments.json").write_text(json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(tasks, r[6:])) for r in rows}, indent=1))
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        ax.bar(np.arange(3) + i * width, r[5:], width, label=r[0] if r[0] in table else f"{r[0]} ({r[1]})")
+        ax.bar(np.arange(3) + i * width, r[6:], width, label=r[0] if r[0] in table else f"{r[0]} ({r[1]})")
     ax.set_xticks(np.arange(3) + 0.4 - width / 2)
     ax.set_xticklabels(tasks)
     ax.set_ylabel("mAP")
