@@ -35,7 +35,7 @@ class BatchHardLoss(TripletLossBase):
     * **swap**: HardNet's anchor swap (Mishchuk et al. 2017): the negative distance is
       ``min(min_n d(a, n), min_n d(p*, n))`` where ``p*`` is the hardest positive.
     * **ties**: the smallest index wins; the loss value does not depend on it.
-    * **dtypes**: float16/bfloat16 embeddings are computed in float32.
+    * **dtypes**: float16/bfloat16 embeddings are computed in float32, also inside a caller's ``torch.autocast`` region (the loss switches autocast off for itself).
 
     Args:
         margin: ``m``; default 0.2 for the hinge, 0 for the soft margin. Must be finite and ≥ 0.
