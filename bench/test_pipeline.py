@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from hpatches.models import DeepUNet, L2Net, ShallowUNet  # noqa: E402
+from hpatches.train import pick_precision  # noqa: E402
 from tripletkit import BatchHardLoss  # noqa: E402
 
 MODELS = {"l2net": L2Net, "shallow_unet": ShallowUNet, "deep_unet": DeepUNet}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # bf16 autocast rows: on a GPU, and on CPUs whose oneDNN runs bf16 natively (AMX / AVX512-BF16; emulated elsewhere)
-CPU_BF16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+CPU_BF16 = pick_precision("auto", torch.device("cpu")) == "bf16"
 BF16_CASES = ([("cpu", False)] if CPU_BF16 else []) + ([("cuda", False), ("cuda", True)] if torch.cuda.is_available() else [])
 # The coursework's denoiser training set (N-HPatches split a, all 16 images of the 76 train sequences), used to turn a
 # measured throughput into the study's "denoise epoch" time.

@@ -451,9 +451,7 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
             else:
                 keep = [r for r in path.read_text().splitlines()[1:] if int(r.split(",")[0]) <= step]
                 path.write_text(header + "\n" + "".join(r + "\n" for r in keep))
-    if a.epochs is not None:
-        # a patch budget: with stepped batches the number of steps is only known at the end
-        a.steps = 1 << 62
+    # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
     budget = None if a.epochs is None else int(a.epochs * len(labels))
     curve = _curve_patches(ds, split["test"], den) if rt.main and a.eval_every > 0 and device.type != "xla" else None
     monitor = CollapseMonitor(loss_fn, action="warn")
@@ -498,7 +496,7 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
             value = float(loss.detach())
             if sched and sched.step(value):  # under DDP the scheduler judges the replicas' mean loss
                 sampler.set_batch_shape(sched.S, sched.K)
-            if rt.ddp and not sched:
+            if rt.ddp and not sched and not loss_fn.gather_distributed:  # a gathered loss is already the global one
                 value = all_reduce_mean(value)
             if f is not None:
                 f.write(f"{step},{value:.6f},{sched.stage if sched else 0},{sampler.batch_size * rt.world}\n")
@@ -528,8 +526,6 @@ def stage_descriptor(a, ds: PatchDataset, split: dict, rt: Runtime) -> None:
                                  "miner_rng": loss_fn.miner.state_dict() if hasattr(loss_fn.miner, "state_dict") else None}, ckpt)
                 batches = iter(sampler)
     bar.close()
-    if budget is not None:
-        a.steps = step  # what the budget came to: recorded for the resume check and the config
     if rt.main:
         torch.save(model.state_dict(), a.out / "descriptor.pt")
 
