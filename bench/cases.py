@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.naive import naive_batch_all, naive_batch_hard
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import squared_euclidean_matrix
 

@@ -4,7 +4,7 @@ import platform
 
 import torch
 
-from bench.cases import have_pml, threads
+from .cases import have_pml, threads
 
 
 def pytest_addoption(parser):

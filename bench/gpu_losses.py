@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss  # noqa: E402
-from tripletkit.functional import squared_euclidean_matrix  # noqa: E402
+from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
+from tripletkit.functional import squared_euclidean_matrix
 
 D, K = 128, 8
 MARGINS = {"hinge": 0.2, "softplus": 0.0}

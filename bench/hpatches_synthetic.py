@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.descriptors import IMAGE_TYPES, DescriptorSet  # noqa: E402
-from hpatches.tasks import VerificationPairs  # noqa: E402
+from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorSet
+from tripletkit_hpatches.tasks import VerificationPairs
 
 SHARED = ROOT.parent / "shared" / "data" / "hpatches-tasks"
 

@@ -18,18 +18,17 @@ import pytest
 import torch
 
 import os
-from bench.hpatches_synthetic import make_split
+from .hpatches_synthetic import make_split
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.evaluate import evaluate  # noqa: E402
+from tripletkit_hpatches.evaluate import evaluate
 
 
 def threads() -> int:
     return int(os.environ.get("TRIPLETKIT_BENCH_EVAL_THREADS", "2"))
 
-from tests import hpatches_reference as ref  # noqa: E402
+from tripletkit.testing import hpatches_reference as ref
 
 
 @pytest.fixture(scope="module")

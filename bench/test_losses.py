@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import memory
-from bench.cases import have_pml, make_case, make_inputs, step, threads
+from . import memory
+from .cases import have_pml, make_case, make_inputs, step, threads
 
 PROFILES = {
     "default": [128, 512, 1024, 2048, 4096],

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cases import threads
+from .cases import threads
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.models import DeepUNet, L2Net, ShallowUNet  # noqa: E402
-from hpatches.train import pick_precision  # noqa: E402
-from tripletkit import BatchHardLoss  # noqa: E402
+from tripletkit_hpatches.models import DeepUNet, L2Net, ShallowUNet
+from tripletkit_hpatches.runtime import pick_precision
+from tripletkit import BatchHardLoss
 
 MODELS = {"l2net": L2Net, "shallow_unet": ShallowUNet, "deep_unet": DeepUNet}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -6,7 +6,6 @@ import torch
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests import the brute-force references from tests/ and bench/
 
 # "ci": quick and deterministic enough for 2 cores; "thorough": run locally before a release.
 settings.register_profile(

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given
 
-from tests import reference as ref
-from tests.strategies import batches
+from tripletkit.testing import reference as ref
+from .strategies import batches
 from tripletkit import DISTANCES, MARGINS
 
 

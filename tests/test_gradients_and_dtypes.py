@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from bench.naive import naive_batch_all, naive_batch_hard
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 
 MARGIN_FNS = ["hinge", "softplus"]

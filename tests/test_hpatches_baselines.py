@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.baselines import describe, raw_pixel_descriptors, sift_descriptors  # noqa: E402
-from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from hpatches.patches import PatchFileError, read_patch_column, resize_patches  # noqa: E402
+from tripletkit_hpatches.baselines import describe, raw_pixel_descriptors, sift_descriptors
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
 
 SAMPLES = ROOT.parent / "shared" / "data" / "hpatches-patch-samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="../shared/data is not present")

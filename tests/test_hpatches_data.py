@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches import extract as ex  # noqa: E402
-from hpatches.data import PatchDataset, detect_format, load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence  # noqa: E402
-from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from hpatches.noise import noise_sequence  # noqa: E402
-from hpatches.patches import PatchFileError, read_patch_column, resize_patches  # noqa: E402
-from hpatches.prepare import main as prepare_main  # noqa: E402
+from hpatches import extract as ex
+from tripletkit_hpatches.data import PatchDataset, detect_format, load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.noise import noise_sequence
+from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
+from tripletkit_hpatches.prepare import main as prepare_main
 
 SHARED = ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")

@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.descriptors import IMAGE_TYPES, DescriptorFileError, DescriptorSet, read_descriptor_dir, write_descriptor_dir  # noqa: E402
-from hpatches.evaluate import evaluate, main  # noqa: E402
-from hpatches.tasks import draw_index_pairs, draw_sequences, generate_verification, load_splits, read_retrieval, write_verification  # noqa: E402
+from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorFileError, DescriptorSet, read_descriptor_dir, write_descriptor_dir
+from tripletkit_hpatches.evaluate import evaluate, main
+from tripletkit_hpatches.tasks import draw_index_pairs, draw_sequences, generate_verification, load_splits, read_retrieval, write_verification
 
-from tests import hpatches_reference as ref  # noqa: E402
+from tripletkit.testing import hpatches_reference as ref
 
 SHARED = ROOT.parent / "shared" / "data" / "hpatches-tasks"
 SEQS = ["i_alpha", "i_beta", "v_gamma", "v_delta"]
@@ -73,7 +72,7 @@ def _reference(desc, tasks_dir):
 
 @pytest.mark.parametrize("kind", ["noisy", "constant", "shuffled"])
 def test_equals_the_literal_reference(tasks_dir, kind, monkeypatch):
-    import hpatches.evaluate as ev
+    import tripletkit_hpatches.evaluate as ev
 
     desc = make_descriptors(kind)
     want_v, want_m, want_r, pools = _reference(desc, tasks_dir)

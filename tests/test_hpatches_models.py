@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from hpatches.models import CourseworkDescriptor, DeepUNet, L2Net, ShallowUNet, build_denoiser  # noqa: E402
+from tripletkit_hpatches.models import CourseworkDescriptor, DeepUNet, L2Net, ShallowUNet, build_denoiser
 
 
 def _params(m):
@@ -58,7 +57,7 @@ def test_coursework_descriptor_is_l2net_with_bias_affine_bn_and_no_normalisation
 
 @pytest.mark.parametrize("p", [0.3, 0.5, 0.05])
 def test_fast_dropout_rate_scaling_and_gradient(p):
-    from hpatches.models import FastDropout
+    from tripletkit_hpatches.models import FastDropout
 
     torch.manual_seed(0)
     drop = FastDropout(p)
@@ -78,7 +77,7 @@ def test_fast_dropout_rate_scaling_and_gradient(p):
 
 
 def test_fast_dropout_eval_edge_rates_and_other_layouts():
-    from hpatches.models import FastDropout
+    from tripletkit_hpatches.models import FastDropout
 
     x = torch.randn(4, 3, 5, 7)
     assert torch.equal(FastDropout(0.3).eval()(x), x)

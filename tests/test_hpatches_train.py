@@ -11,12 +11,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.data import write_nhpatches_sequence  # noqa: E402
-from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from hpatches.noise import noise_sequence  # noqa: E402
-from hpatches.train import PRESETS, main  # noqa: E402
+from tripletkit_hpatches.data import write_nhpatches_sequence
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.noise import noise_sequence
+from tripletkit_hpatches.config import PRESETS
+from tripletkit_hpatches.train import main
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def test_offline_miner_runs_and_resumes(tiny, tmp_path):
     a = torch.load(tmp_path / "a" / "descriptor.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    anchors, positives, negatives = ckpt["mined"]
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    anchors, positives, negatives = ckpt["extra"]["mined"]
     assert len(anchors) > 0 and len(anchors) == len(positives) == len(negatives)
 
 
@@ -160,7 +160,7 @@ def test_precision_flag_trains_and_is_recorded(tiny, tmp_path, precision):
 
 
 def test_auto_precision_follows_the_hardware():
-    from hpatches.train import pick_precision
+    from tripletkit_hpatches.runtime import pick_precision
 
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
@@ -171,7 +171,7 @@ def _torchrun(args, nproc=2):
     import os
     import subprocess
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "examples" / "hpatches" / "train.py")]
     return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
 
@@ -188,8 +188,8 @@ def test_torchrun_two_processes_train_resume_and_change_stage_together(tiny, tmp
     assert [int(r[0]) for r in rows] == list(range(1, 7))  # rank 0 alone writes the log
     # per-replica S×K 2x2 then 4x2: the global batch is 2 × S × K, and both replicas moved to stage 2 together
     assert int(rows[0][3]) == 8 and int(rows[-1][3]) == 16 and rows[-1][2] == "1"
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ckpt["world"] == 2 and len(ckpt["ranks"]) == 2
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     # interrupted after 3 steps, resumed with the same world size: the same model and log as the uninterrupted run
     part = _torchrun(args + ["--out", str(tmp_path / "b"), "--steps", "3", "--stages", "denoise,descriptor"])

@@ -11,8 +11,8 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tests import reference as ref
-from tests.strategies import batches, generic_batches
+from tripletkit.testing import reference as ref
+from .strategies import batches, generic_batches
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import batch_all_triplet_count
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import reference as ref
-from tests.strategies import batches, generic_batches
+from tripletkit.testing import reference as ref
+from .strategies import batches, generic_batches
 from tripletkit import BatchAllMiner, BatchHardMiner, OfflineMiner, RandomMiner
 from tripletkit.functional import euclidean_matrix, mine_offline
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import sys
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 
-from hpatches.data import write_hpatches_sequence  # noqa: E402
-from hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from stepped_batch import run  # noqa: E402
+from tripletkit_hpatches.data import write_hpatches_sequence
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+
+# a script, not a package module: loaded from its file as `python examples/stepped_batch.py` would run it
+run = runpy.run_path(str(ROOT / "examples" / "stepped_batch.py"))["run"]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,12 @@ def test_resume_gives_the_same_run(tiny_data, tmp_path):
     full = run(["--data", str(tiny_data), "--out", str(tmp_path / "a")] + ARGS)
     run(["--data", str(tiny_data), "--out", str(tmp_path / "b")] + ARGS[:1] + ["8"] + ARGS[2:])  # killed after step 8
     resumed = run(["--data", str(tiny_data), "--out", str(tmp_path / "b"), "--resume"] + ARGS)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["scheduler"] == b["scheduler"] and a["sampler"] == b["sampler"]
+    batches_a, batches_b = a["ranks"][0]["stateful"]["batches"], b["ranks"][0]["stateful"]["batches"]
+    assert batches_a["scheduler"] == batches_b["scheduler"] and batches_a["sampler"] == batches_b["sampler"]
     assert list(csv.reader((tmp_path / "a" / "log.csv").open())) == list(csv.reader((tmp_path / "b" / "log.csv").open()))
     assert full["stage_changes"] == resumed["stage_changes"]
 

@@ -28,7 +28,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "world_size", "rank", "gather_with_grad", "scale_for_ddp", "all_reduce_mean"]
+__all__ = [
+    "is_distributed", "world_size", "rank", "gather_with_grad", "scale_for_ddp", "all_reduce_mean", "all_reduce_mean_tensor",
+    "all_gather_objects",
+]
 
 
 def is_distributed() -> bool:
@@ -75,6 +78,32 @@ def _insert_local(gathered: Tensor, x: Tensor, r: int, w: int) -> Tensor:
     return torch.cat([gathered[: r * n], x, gathered[(r + 1) * n :]])
 
 
+def _collective_device(t: Tensor) -> Tensor:
+    """``t`` on a device the process group's backend can reduce: nccl needs CUDA, gloo the CPU, xla its device."""
+    backend = dist.get_backend()
+    if backend == "nccl" and t.device.type != "cuda":
+        return t.to(torch.device("cuda", torch.cuda.current_device()))
+    if backend == "gloo" and t.device.type != "cpu":
+        return t.cpu()
+    if backend == "xla" and t.device.type != "xla":
+        import torch_xla
+
+        return t.to(torch_xla.device())
+    return t
+
+
+def all_reduce_mean_tensor(t: Tensor) -> Tensor:
+    """The element-wise mean of ``t`` over all replicas, on ``t``'s device (``t`` itself without a process group).
+
+    No host transfer on CUDA or XLA: the training loop decides when to read the result.
+    """
+    if not is_distributed():
+        return t
+    out = _collective_device(t.detach().clone())
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return (out / dist.get_world_size()).to(t.device)
+
+
 def all_reduce_mean(value: float | Tensor) -> float:
     """The mean of a scalar over all replicas (the value itself without a process group, or with world size 1)."""
     if isinstance(value, Tensor):
@@ -83,15 +112,7 @@ def all_reduce_mean(value: float | Tensor) -> float:
         t = value.detach().float().reshape(1)
     else:
         t = torch.tensor([float(value)])
-    if not is_distributed():
-        return float(t)
-    if dist.get_backend() == "nccl":
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    elif t.device.type == "cuda" and dist.get_backend() == "gloo":
-        t = t.cpu()
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t) / dist.get_world_size()
+    return float(all_reduce_mean_tensor(t))
 
 
 def scale_for_ddp(loss: Tensor) -> Tensor:
@@ -100,3 +121,17 @@ def scale_for_ddp(loss: Tensor) -> Tensor:
     if w == 1:
         return loss
     return loss + (w - 1) * (loss - loss.detach())
+
+
+def all_gather_objects(obj: object) -> list:
+    """``obj`` from every replica, in rank order (``[obj]`` without a process group).
+
+    The xla backend has no object collectives; there every replica gets ``[obj]`` (its own state only).
+    """
+    if not is_distributed():
+        return [obj]
+    if dist.get_backend() == "xla":
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

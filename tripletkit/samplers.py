@@ -229,9 +229,21 @@ class SymmetricSampler(Sampler[list[int]]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """All or nothing: every field is checked before any is applied; a bad state raises ``ValueError``."""
+        if not isinstance(state, dict):
+            raise ValueError(f"sampler state must be a dict, got {type(state).__name__}")
+        missing = {"epoch", "position", "batch_index", "S", "K"} - set(state)
+        if missing:
+            raise ValueError(f"sampler state lacks {sorted(missing)}")
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
-        self.set_batch_shape(state["S"], state["K"])
+        for name in ("epoch", "position", "batch_index"):
+            value = state[name]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"sampler state field {name!r} must be an int >= 0, got {value!r}")
+        if state["position"] > len(self.classes):
+            raise ValueError(f"sampler state position {state['position']} is past the {len(self.classes)} classes")
+        self.set_batch_shape(state["S"], state["K"])  # validates S and K; raises before anything changes
         self.epoch = int(state["epoch"])
         self._position = int(state["position"])
         self._batch_index = int(state["batch_index"])

@@ -244,19 +244,41 @@ class SteppedBatchScheduler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        stages = [tuple(s) for s in state["stages"]]
+        """All or nothing: every field is checked before any is applied; a bad state raises ``ValueError``."""
+        if not isinstance(state, dict):
+            raise ValueError(f"scheduler state must be a dict, got {type(state).__name__}")
+        missing = {"stages", "threshold", "stage", "steps", "ema", "ema_steps", "below", "above", "advanced_into", "events"} - set(state)
+        if missing:
+            raise ValueError(f"scheduler state lacks {sorted(missing)}")
+        try:
+            stages = [tuple(s) for s in state["stages"]]
+        except TypeError:
+            raise ValueError(f"scheduler state has malformed stages {state['stages']!r}") from None
         if stages != self.stages:
             raise ValueError(f"state has stages {stages}, this scheduler has {self.stages}")
         if state["threshold"] != self.threshold:
             raise ValueError(f"state has threshold {state['threshold']}, this scheduler has {self.threshold}")
-        self.stage = int(state["stage"])
-        self.steps = int(state["steps"])
-        self._ema = float(state["ema"])
-        self._ema_steps = int(state["ema_steps"])
-        self._below = int(state["below"])
-        self._above = int(state["above"])
+
+        def count(name: str, upper: int | None = None) -> int:
+            value = state[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (upper is not None and value >= upper):
+                bound = f" and < {upper}" if upper is not None else ""
+                raise ValueError(f"scheduler state field {name!r} must be an int >= 0{bound}, got {value!r}")
+            return value
+
+        stage = count("stage", len(self.stages))
+        steps, ema_steps, below, above = count("steps"), count("ema_steps"), count("below"), count("above")
+        ema = state["ema"]
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not math.isfinite(ema):
+            raise ValueError(f"scheduler state field 'ema' must be a finite number, got {ema!r}")
+        try:
+            events = [StageChange(**e) for e in state["events"]]
+        except TypeError as e:
+            raise ValueError(f"scheduler state has malformed events: {e}") from None
+        self.stage, self.steps, self._ema, self._ema_steps = stage, steps, float(ema), ema_steps
+        self._below, self._above = below, above
         self._advanced_into = bool(state["advanced_into"])
-        self.events = [StageChange(**e) for e in state["events"]]
+        self.events = events
 
     def __repr__(self) -> str:
         return (

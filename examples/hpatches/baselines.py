@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from hpatches.descriptors import IMAGE_TYPES, DescriptorSet
-from hpatches.patches import resize_patches
+from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorSet
+from tripletkit_hpatches.patches import resize_patches
 
 __all__ = ["raw_pixel_descriptors", "sift_descriptors", "model_descriptors", "describe"]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpatches.descriptors import IMAGE_TYPES
-from hpatches.patches import PatchFileError, read_patch_column, resize_patches
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
 
 __all__ = ["PatchDataset", "write_hpatches_sequence", "write_nhpatches_sequence", "load_dataset", "detect_format", "make_splits", "write_splits"]
 

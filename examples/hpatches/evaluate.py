@@ -26,11 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hpatches.descriptors import DescriptorSet, read_descriptor_dir  # noqa: E402
-from hpatches.tasks import (  # noqa: E402
+from tripletkit_hpatches.descriptors import DescriptorSet, read_descriptor_dir
+from tripletkit_hpatches.tasks import (
     Split,
     VerificationPairs,
     generate_verification,
@@ -39,7 +37,7 @@ from hpatches.tasks import (  # noqa: E402
     read_verification,
     write_verification,
 )
-from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, roc_auc  # noqa: E402
+from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, roc_auc
 
 LEVELS = ("e", "h", "t")
 POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
 
 __all__ = ["NOISE_LEVELS", "add_noise", "noise_sequence"]
 

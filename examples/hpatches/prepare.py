@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpatches.data import load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence, write_splits  # noqa: E402
-from hpatches.extract import SequenceFileError, extract_sequence, load_sequence  # noqa: E402
-from hpatches.noise import noise_sequence  # noqa: E402
-from hpatches.patches import PatchFileError  # noqa: E402
+from tripletkit_hpatches.data import load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence, write_splits
+from tripletkit_hpatches.extract import SequenceFileError, extract_sequence, load_sequence
+from tripletkit_hpatches.noise import noise_sequence
+from tripletkit_hpatches.patches import PatchFileError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO / ".cache" / "hpatches-default"
@@ -93,7 +92,7 @@ def noise_dataset(data: Path, out: Path, seed: int, strength: float, progress: b
 
 def build_default(root: Path = DEFAULT_ROOT, max_patches: int = 300, seed: int = 0, force: bool = False, progress: bool = True) -> Path:
     """Build (once) the embedded default: ``root/hpatches`` and ``root/nhpatches``; returns ``root``."""
-    from hpatches.synthetic import load_photos, synthetic_sequences
+    from tripletkit_hpatches.synthetic import load_photos, synthetic_sequences
 
     done = root / "nhpatches" / "dataset.json"
     if done.exists() and not force:

@@ -4,7 +4,7 @@
 (images 2–6 are the photograph warped by random homographies of growing strength, with mild photometric changes)
 and an illumination sequence ``i_<name>`` (identity homographies, strong photometric changes: gamma, gain, offset,
 a smooth shading ramp and sensor noise). The sequences then go through exactly the HPatches extraction protocol
-(:mod:`hpatches.extract`).
+(:mod:`tripletkit_hpatches.extract`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpatches.extract import SequenceImages
+from tripletkit_hpatches.extract import SequenceImages
 
 __all__ = ["PHOTOS", "load_photos", "synthetic_sequences"]
 

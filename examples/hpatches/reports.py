@@ -1,0 +1,134 @@
+"""What a person looks at after a run: ``results.md`` and figures, the t-SNE, the learning curves, the experiments
+table. Every number here was computed by a stage; this module only lays it out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tripletkit.training import atomic_write_text, probe_indices
+from tripletkit_hpatches.config import Config
+from tripletkit_hpatches.data import PatchDataset
+from tripletkit_hpatches.evaluate import results_figure
+from tripletkit_hpatches.stages.data import class_labels
+from tripletkit_hpatches.stages.evaluate import OURS, Evaluation
+
+__all__ = ["write_results", "tsne_figure", "curves", "experiments_table"]
+
+TASKS = ("verification", "matching", "retrieval")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_results(cfg: Config, ds: PatchDataset, ev: Evaluation) -> str:
+    """``results.md``, ``results.png`` (our descriptor per task and level) and ``tsne.png``; returns the markdown."""
+    from tabulate import tabulate
+
+    where = "SYNTHETIC embedded default" if ds.synthetic else cfg.data
+    results_figure(ev.ours, cfg.out / "results.png", title=f"{OURS} on {'SYNTHETIC ' if ds.synthetic else ''}data ({len(ev.test)} test sequences)")
+    tsne_figure(cfg, ds, ev)
+    table = [[name, r["verification"], r["matching"], r["retrieval"]] for name, r in ev.summary.items()]
+    md = [f"# Results ({where}; {len(ev.test)} test sequences; ties: reference)", "",
+          tabulate(table, headers=["descriptor", *TASKS], tablefmt="github", floatfmt=".4f"), ""]
+    text = "\n".join(md)
+    atomic_write_text(cfg.out / "results.md", text)
+    return text
+
+
+def tsne_figure(cfg: Config, ds: PatchDataset, ev: Evaluation) -> None:
+    """t-SNE of the descriptors of one S×K batch of test patches (S = 16 classes × K = 8 images), as in the study:
+    separated clusters for a healthy descriptor, one blob for a collapsed one."""
+    from sklearn.manifold import TSNE
+
+    patches = np.concatenate([ev.denoised[s].reshape(-1, ds.size, ds.size) for s in ev.test])
+    batch = probe_indices(class_labels(ds, ev.test), S=16, K=8, seed=cfg.seed)
+    k = len(batch) // len(set(class_labels(ds, ev.test)[batch]))
+    model = ev.model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        emb = model(torch.from_numpy(patches[batch]).float()[:, None].to(device)).cpu().numpy()
+    xy = TSNE(n_components=2, perplexity=min(30, len(batch) - 1) / 2, init="pca", random_state=cfg.seed).fit_transform(emb)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(xy[:, 0], xy[:, 1], c=np.repeat(np.arange(len(batch) // k), k), cmap="tab20", s=18)
+    ax.set_title(f"t-SNE of one {len(batch) // k}×{k} test batch")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(cfg.out / "tsne.png", dpi=110)
+    plt.close(fig)
+
+
+def curves(out: Path) -> None:
+    """``curves.png``: the denoiser's L1, the descriptor's loss with its batch size, the matching-mAP curve."""
+    import pandas as pd
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    if (out / "denoise_log.csv").exists():
+        d = pd.read_csv(out / "denoise_log.csv")
+        axes[0].plot(d.step, d.l1, label="denoiser L1")
+        axes[0].plot(d.step, d.identity_l1, label="identity L1", alpha=0.6)
+        axes[0].set(xlabel="step", ylabel="grey levels", title="denoise")
+        axes[0].legend()
+    if (out / "log.csv").exists():
+        d = pd.read_csv(out / "log.csv")
+        axes[1].plot(d.step, d.loss, lw=0.6, label="loss")
+        ax2 = axes[1].twinx()
+        ax2.step(d.step, d.batch, color="C3", where="post", label="batch size")
+        ax2.set_ylabel("batch size")
+        axes[1].set(xlabel="step", ylabel="triplet loss", title="descriptor")
+    if (out / "map_log.csv").exists():
+        d = pd.read_csv(out / "map_log.csv")
+        if len(d):
+            axes[2].plot(d.step, d.matching_map, marker="o")
+        axes[2].set(xlabel="step", ylabel="matching mAP", title="matching mAP (3 test sequences × 500 patches)")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def experiments_table(out: Path, table: dict[str, dict]) -> str:
+    """The study's table (``experiments.md``, ``.json``, ``.png``): one row per preset, then the baselines evaluated
+    on each denoiser's output. ``table`` maps a preset to its results summary."""
+    from tabulate import tabulate
+
+    rows, baselines = [], {}
+    for name, res in table.items():
+        config = json.loads((out / name / "config.json").read_text())
+        start = Path(config["init_descriptor"]).parent.name if config.get("init_descriptor") else "scratch"
+        rows.append([name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"], start] + [res[OURS][t] for t in TASKS])
+        for base in ("SIFT", "raw pixels"):
+            baselines.setdefault((base, config["denoiser"]), [res[base][t] for t in TASKS])
+    for (base, den), vals in baselines.items():
+        rows.append([base, den, "", "", "", ""] + vals)
+    config = json.loads((out / next(iter(table)) / "config.json").read_text())
+    data = "SYNTHETIC embedded default" if config.get("synthetic_data") else config["data"]
+    md = [f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)", "",
+          tabulate(rows, headers=["experiment", "denoiser", "miner", "margin", "S×K stages", "starts from", *TASKS], tablefmt="github", floatfmt=".4f"), ""]
+    text = "\n".join(md)
+    atomic_write_text(out / "experiments.md", text)
+    atomic_write_text(out / "experiments.json", json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(TASKS, r[6:])) for r in rows}, indent=1))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.bar(np.arange(3) + i * width, r[6:], width, label=r[0] if r[0] in table else f"{r[0]} ({r[1]})")
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2)
+    ax.set_xticklabels(TASKS)
+    ax.set_ylabel("mAP")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "experiments.png", dpi=110)
+    plt.close(fig)
+    return text

@@ -1,0 +1,60 @@
+"""The run's dataset and train/test split: the embedded default, an extracted ``--sequences`` folder, or ``--data``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tripletkit_hpatches.data import PatchDataset, load_dataset, make_splits
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.noise import noise_sequence
+
+__all__ = ["extract_sequences", "data_folder", "load_data", "class_labels"]
+
+
+def extract_sequences(sequences: Path, out: Path, seed: int, progress: bool) -> Path:
+    """An hpatches-release dataset extracted once from image sequences into ``out/extracted``."""
+    from tripletkit_hpatches.extract import load_sequence
+    from tripletkit_hpatches.prepare import _sequence_folders, extract_many
+
+    target = out / "extracted"
+    if not (target / "dataset.json").exists():
+        extract_many([load_sequence(f) for f in _sequence_folders(sequences)], target, 2000, seed, synthetic=False, progress=progress)
+    return target
+
+
+def data_folder(data: Path | None, sequences: Path | None, out: Path, seed: int, progress: bool) -> Path:
+    """The folder the run reads: ``data``, the extraction of ``sequences``, or the embedded default (built once)."""
+    if sequences is not None:
+        return extract_sequences(sequences, out, seed, progress)
+    if data is None:
+        from tripletkit_hpatches.prepare import build_default
+
+        return build_default(progress=progress) / "nhpatches"
+    return data
+
+
+def load_data(data: Path, seed: int, progress: bool) -> tuple[PatchDataset, dict[str, list[str]]]:
+    """The dataset (noised with our model when it has no noisy patches) and its ``default`` (or ``a``) split."""
+    ds = load_dataset(data, progress=progress)
+    if not ds.noisy:  # clean release: noise it with our model so the denoiser has something to learn
+        ds.noisy = {s: np.stack([noise_sequence(ds.patches(s), s, seed=seed)[t] for t in IMAGE_TYPES]) for s in ds.sequences}
+    split_file = Path(data) / "splits.json"
+    if split_file.exists():
+        splits = json.loads(split_file.read_text())
+        split = splits.get("default") or splits.get("a")
+    else:
+        split = make_splits(ds.sequences, seed=seed)["default"]
+    split = {"train": [s for s in split["train"] if s in ds.clean], "test": [s for s in split["test"] if s in ds.clean]}
+    if not split["train"] or not split["test"]:
+        raise SystemExit(f"error: {data}: the split needs training and test sequences, got {split}")
+    return ds, split
+
+
+def class_labels(ds: PatchDataset, sequences: list[str]) -> np.ndarray:
+    """One class per physical patch of ``sequences``, in the order of ``den[s].reshape(-1, ...)`` (image-major)."""
+    counts = [ds.num_patches(s) for s in sequences]
+    offsets = np.cumsum([0] + counts[:-1])
+    return np.concatenate([np.tile(np.arange(n), 16) + o for n, o in zip(counts, offsets)]).astype(np.int64)

@@ -1,0 +1,232 @@
+"""Stage 2: L2-Net trained on the denoised training patches with S×K batches, a miner and stepped batch.
+
+The loop is tripletkit's training blocks: :class:`~tripletkit.training.SteppedBatches` draws the batches and grows
+them, :class:`~tripletkit.training.CollapseProbe` watches a fixed probe batch in eval mode, and
+:class:`~tripletkit.training.TrainingCheckpoint` makes ``--resume`` exact. What is left here is the HPatches part:
+the patch bank, augmentation, the offline miner and the matching-mAP learning curve.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tripletkit import LOSSES, OfflineMiner
+from tripletkit.distributed import all_reduce_mean
+from tripletkit.training import CheckpointError, CollapseProbe, SteppedBatches, TrainingCheckpoint, atomic_save, atomic_write_text, load_checkpoint, probe_indices
+from tripletkit_hpatches.baselines import describe, model_descriptors
+from tripletkit_hpatches.config import Config
+from tripletkit_hpatches.data import PatchDataset
+from tripletkit_hpatches.descriptors import IMAGE_TYPES
+from tripletkit_hpatches.evaluate import evaluate_matching
+from tripletkit_hpatches.models import L2Net
+from tripletkit_hpatches.runtime import Runtime
+from tripletkit_hpatches.stages.data import class_labels
+
+__all__ = ["run_descriptor", "descriptor_done", "augment", "build_loss"]
+
+BANK_CHUNK = 2048
+
+
+def augment(x: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """``random``: an independent flip/rot90 per patch; ``pair``: one flip/rot90 per class, applied to all its
+    members (anchor and positive alike: the study's untested idea)."""
+    if mode == "none":
+        return x
+    n = x.shape[0]
+    if mode == "random":
+        choice = torch.randint(0, 8, (n,), generator=gen)
+    else:
+        per_class = torch.randint(0, 8, (int(labels.max()) + 1,), generator=gen)
+        choice = per_class[labels]
+    out = x.clone()
+    for c in range(8):
+        sel = choice == c
+        if sel.any():
+            y = torch.rot90(x[sel], c % 4, (2, 3))
+            out[sel] = torch.flip(y, (3,)) if c >= 4 else y
+    return out
+
+
+def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
+    """The triplet loss of ``--miner``, ``--margin-fn``, ``--margin`` and ``--distance``.
+
+    Under compile/XLA the shapes are static (``max_class_size`` = the largest K, no NaN check). The offline miner
+    trains on given triplets that are local to each replica, so its loss is not gathered: DDP's gradient average is
+    then the mean over all replicas' triplets.
+    """
+    max_k = max(k for _, k in cfg.stages_sk)
+    static = rt.static_shapes
+    miner = {"random": {"name": "random", "seed": cfg.seed}, "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
+             "batch_all": "batch_all", "offline": "random"}[cfg.miner]
+    return LOSSES.build("triplet", margin=cfg.margin, margin_fn=cfg.margin_fn, distance=cfg.distance, miner=miner,
+                        validate=not static, gather_distributed=rt.ddp and cfg.miner != "offline")
+
+
+def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _curve_patches(test: list[str], den, sequences: int = 3, patches: int = 500) -> dict:
+    """The learning curve's fixed evaluation set: the first ``patches`` patches of the first ``sequences`` test
+    sequences (all 16 images). It only draws the curve; nothing is selected on it."""
+    return {s: {t: den[s][k][:patches] for k, t in enumerate(IMAGE_TYPES)} for s in test[:sequences]}
+
+
+def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, miner: OfflineMiner, rt: Runtime):
+    """Describe every training patch (eval mode) and mine one triplet per valid anchor from the whole bank.
+
+    Chunks have one size (the last is padded on XLA) so that the graph compiles once."""
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for b in range(0, len(x_all), BANK_CHUNK):
+            chunk = x_all[b : b + BANK_CHUNK]
+            n = len(chunk)
+            if rt.xla and n < BANK_CHUNK:
+                chunk = torch.cat([chunk, chunk.new_zeros((BANK_CHUNK - n, *chunk.shape[1:]))])
+            parts.append(model(chunk.to(rt.device)).cpu()[:n])
+    model.train()
+    t = miner(torch.cat(parts), y_all.cpu())
+    keep = torch.nonzero(t.valid).flatten()
+    return t.anchor[keep], t.positive[keep], t.negative[keep]
+
+
+def descriptor_done(cfg: Config) -> bool:
+    """Whether ``descriptor.pt`` holds the whole requested training (steps, or the epochs' patch budget)."""
+    if not (cfg.out / "descriptor.pt").exists() or not (cfg.out / "checkpoint.pt").exists():
+        return False
+    try:
+        extra = load_checkpoint(cfg.out / "checkpoint.pt")["extra"]
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    if cfg.epochs is not None:
+        return extra["seen"] >= int(cfg.epochs * extra["train_patches"])
+    return extra["step"] >= cfg.steps
+
+
+def _rewind_log(path: Path, header: str, step: int) -> None:
+    """A fresh log, or (on resume) the rows up to the checkpoint's step; written atomically."""
+    keep = []
+    if step > 0 and path.exists():
+        keep = [r for r in path.read_text().splitlines()[1:] if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= step]
+    atomic_write_text(path, "".join(r + "\n" for r in [header, *keep]))
+
+
+def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: Runtime) -> None:
+    """``descriptor.pt``, ``checkpoint.pt`` (and ``.prev``), ``log.csv`` and ``map_log.csv`` in ``cfg.out``."""
+    from tqdm import tqdm
+
+    device = rt.device
+    den = np.load(cfg.out / "denoised.npz")
+    labels = class_labels(ds, split["train"])
+    x_all = torch.from_numpy(np.concatenate([den[s].reshape(-1, ds.size, ds.size) for s in split["train"]])).float()[:, None]
+    y_all = torch.from_numpy(labels)
+    if device.type == "cuda" and cfg.augment == "none":  # the training patches stay on the GPU
+        x_all, y_all = x_all.to(device), y_all.to(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = L2Net()
+    if cfg.init_descriptor is not None:
+        try:
+            model.load_state_dict(torch.load(cfg.init_descriptor, weights_only=True, map_location="cpu"))
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"error: --init-descriptor {cfg.init_descriptor}: {e}") from None
+    model = model.to(device).to(memory_format=torch.channels_last)
+    net = rt.wrap(model)  # DDP broadcasts rank 0's initial weights
+    if rt.ddp:  # different dropout masks on each replica from here on
+        torch.manual_seed(cfg.seed + rt.rank)
+    loss_fn = build_loss(cfg, rt)
+    offline = OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed) if cfg.miner == "offline" else None
+    opt = _optimizer(cfg, model)
+    stepped = cfg.scheduler == "stepped_batch"
+    batches = SteppedBatches(labels, cfg.stages_sk if stepped else cfg.stages_sk[:1], margin_fn=loss_fn, patience=cfg.patience,
+                             guard=True, guard_patience=4 * cfg.patience, seed=cfg.seed, rank=rt.rank, world_size=rt.world)
+    idx = torch.tensor(probe_indices(labels, S=64, K=4, seed=cfg.seed + 1))
+    probe = CollapseProbe(loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every)
+    gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
+    stateful = {"batches": batches, "augment_rng": gen, "probe": probe}
+    if hasattr(loss_fn.miner, "state_dict"):
+        stateful["miner"] = loss_fn.miner
+    if offline is not None:
+        stateful["offline"] = offline
+    ckpt = TrainingCheckpoint(cfg.out / "checkpoint.pt", model=model, optimizer=opt, stateful=stateful, device=device)
+    try:
+        extra = ckpt.restore() if cfg.resume else None
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    step, seen = (extra["step"], extra["seen"]) if extra else (0, 0)
+    mined = extra.get("mined") if extra else None
+    log, map_log = cfg.out / "log.csv", cfg.out / "map_log.csv"
+    if rt.main:
+        _rewind_log(log, "step,loss,stage,batch", step)
+        _rewind_log(map_log, "step,matching_map", step)
+    # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
+    budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
+    curve = _curve_patches(split["test"], den) if rt.main and cfg.eval_every > 0 and not rt.xla else None
+    net.train()
+    bar = tqdm(total=budget if budget is not None else cfg.steps, initial=seen if budget is not None else step,
+               desc="descriptor", unit="patch" if budget else "it", disable=cfg.quiet)
+    f = log.open("a") if rt.main else None
+    try:
+        while (step < cfg.steps) if budget is None else (seen < budget):
+            if offline is not None:
+                if mined is None or step % cfg.offline_every == 0:
+                    mined = _mine_bank(model, x_all, y_all, offline, rt)
+                b = max(1, batches.batch_size // 3)
+                pick = torch.randint(0, len(mined[0]), (b,), generator=gen)
+                sel = torch.cat([mined[0][pick], mined[1][pick], mined[2][pick]]).to(x_all.device)
+                xb = x_all[sel].to(device).contiguous(memory_format=torch.channels_last)
+                r = torch.arange(b, device=device)
+                with rt.autocast():
+                    emb = net(xb)
+                loss = loss_fn(emb.float(), triplets=(r, r + b, r + 2 * b))
+            else:
+                sel = batches.next_tensor(x_all.device)
+                yb = y_all[sel]
+                xb = augment(x_all[sel], yb - yb.min(), cfg.augment, gen).to(device).contiguous(memory_format=torch.channels_last)
+                with rt.autocast():
+                    emb = net(xb)
+                loss = loss_fn(emb.float(), yb.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rt.end_step()
+            step += 1
+            used = xb.shape[0] * rt.world
+            seen += used
+            batches.step(loss)  # under DDP the stage follows the replicas' mean loss
+            value = float(loss.detach())
+            if rt.ddp and not loss_fn.gather_distributed:  # a gathered loss is already the global one
+                value = all_reduce_mean(value)
+            if f is not None:
+                f.write(f"{step},{value:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
+            postfix = {"loss": f"{value:.3f}", "batch": batches.batch_size * rt.world}
+            if rt.main:
+                stats = probe(model, step, value)  # a CollapseWarning says when the descriptors collapse
+                if stats is not None:
+                    postfix["spread"] = f"{stats.mean_distance:.3f}"
+            bar.set_postfix(postfix)
+            bar.update(used if budget is not None else 1)
+            finished = (step == cfg.steps) if budget is None else (seen >= budget)
+            if curve is not None and (step % cfg.eval_every == 0 or finished):
+                score = evaluate_matching(describe(curve, model_descriptors(model, device=device)), curve)["mean"]
+                model.train()
+                with map_log.open("a") as m:
+                    m.write(f"{step},{score:.6f}\n")
+            if step % cfg.checkpoint_every == 0 or finished:
+                if f is not None:
+                    f.flush()
+                ckpt.save(step=step, seen=seen, train_patches=len(labels), mined=mined)
+    finally:
+        if f is not None:
+            f.close()
+    bar.close()
+    if rt.main:
+        atomic_save(model.state_dict(), cfg.out / "descriptor.pt")
