@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import squared_euclidean_matrix
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 
 D = 128
 K = 8

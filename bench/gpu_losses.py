@@ -14,12 +14,10 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
 
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import squared_euclidean_matrix

@@ -6,16 +6,15 @@ which pairs), 10,000 queries and 20,000 distractors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorSet
 from tripletkit_hpatches.tasks import VerificationPairs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data" / "hpatches-tasks"
 

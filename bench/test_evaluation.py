@@ -1,4 +1,4 @@
-"""Evaluation suite: the HPatches tasks, ours against the reference benchmark's algorithm (tests/hpatches_reference.py,
+"""Evaluation suite: the HPatches tasks, ours against the reference benchmark's algorithm (tripletkit/testing/hpatches_reference.py,
 the same definitions at the original's speed), on one synthetic split; and ours alone on a split-a-sized one.
 
 The reduced split (8 sequences with split-a patch counts, 100k verification pairs per file, 1,000 queries, 20,000
@@ -8,7 +8,7 @@ single-threaded Python/scipy whatever the setting."""
 
 from __future__ import annotations
 
-import sys
+import os
 import time
 from pathlib import Path
 
@@ -17,18 +17,16 @@ import pandas as pd
 import pytest
 import torch
 
-import os
+from tripletkit.testing import hpatches_reference as ref
+from tripletkit_hpatches.evaluate import evaluate
+
 from .hpatches_synthetic import make_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tripletkit_hpatches.evaluate import evaluate
-
 
 def threads() -> int:
     return int(os.environ.get("TRIPLETKIT_BENCH_EVAL_THREADS", "2"))
-
-from tripletkit.testing import hpatches_reference as ref
 
 
 @pytest.fixture(scope="module")

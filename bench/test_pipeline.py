@@ -9,19 +9,18 @@ bf16 + torch.compile as well); CPU bf16 rows (channels_last) on CPUs with native
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tripletkit import BatchHardLoss
+from tripletkit_hpatches.models import DeepUNet, L2Net, ShallowUNet
+from tripletkit_hpatches.runtime import pick_precision
+
 from .cases import threads
 
 ROOT = Path(__file__).resolve().parents[1]
-
-from tripletkit_hpatches.models import DeepUNet, L2Net, ShallowUNet
-from tripletkit_hpatches.runtime import pick_precision
-from tripletkit import BatchHardLoss
 
 MODELS = {"l2net": L2Net, "shallow_unet": ShallowUNet, "deep_unet": DeepUNet}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

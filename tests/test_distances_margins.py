@@ -7,9 +7,10 @@ import pytest
 import torch
 from hypothesis import given
 
-from tripletkit.testing import reference as ref
-from .strategies import batches
 from tripletkit import DISTANCES, MARGINS
+from tripletkit.testing import reference as ref
+
+from .strategies import batches
 
 
 @pytest.mark.parametrize("kind", ["euclidean", "sqeuclidean", "cosine"])

@@ -3,7 +3,6 @@ the loss and the parameter gradients of one process on the concatenated batch.""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.distributed as dist

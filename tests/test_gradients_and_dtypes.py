@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 
 MARGIN_FNS = ["hinge", "softplus"]
 DISTANCES = ["euclidean", "sqeuclidean", "cosine"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from tripletkit_hpatches.baselines import describe, raw_pixel_descriptors, sift_descriptors
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLES = ROOT.parent / "shared" / "data" / "hpatches-patch-samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.exists(), reason="../shared/data is not present")

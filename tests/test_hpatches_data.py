@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from hpatches import extract as ex
-from tripletkit_hpatches.data import PatchDataset, detect_format, load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence
+from tripletkit_hpatches import extract as ex
+from tripletkit_hpatches.data import (
+    PatchDataset,
+    detect_format,
+    load_dataset,
+    make_splits,
+    write_hpatches_sequence,
+    write_nhpatches_sequence,
+)
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.noise import noise_sequence
 from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
 from tripletkit_hpatches.prepare import main as prepare_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not present")

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorFileError, DescriptorSet, read_descriptor_dir, write_descriptor_dir
-from tripletkit_hpatches.evaluate import evaluate, main
-from tripletkit_hpatches.tasks import draw_index_pairs, draw_sequences, generate_verification, load_splits, read_retrieval, write_verification
-
 from tripletkit.testing import hpatches_reference as ref
+from tripletkit_hpatches.descriptors import (
+    IMAGE_TYPES,
+    DescriptorFileError,
+    DescriptorSet,
+    read_descriptor_dir,
+    write_descriptor_dir,
+)
+from tripletkit_hpatches.evaluate import evaluate, main
+from tripletkit_hpatches.tasks import (
+    draw_index_pairs,
+    draw_sequences,
+    generate_verification,
+    load_splits,
+    read_retrieval,
+    write_verification,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data" / "hpatches-tasks"
 SEQS = ["i_alpha", "i_beta", "v_gamma", "v_delta"]

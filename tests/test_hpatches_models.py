@@ -1,11 +1,7 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
 
 from tripletkit_hpatches.models import CourseworkDescriptor, DeepUNet, L2Net, ShallowUNet, build_denoiser
 

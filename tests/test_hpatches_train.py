@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from tripletkit_hpatches.config import PRESETS
 from tripletkit_hpatches.data import write_nhpatches_sequence
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.noise import noise_sequence
-from tripletkit_hpatches.config import PRESETS
 from tripletkit_hpatches.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

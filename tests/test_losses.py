@@ -11,10 +11,11 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tripletkit.testing import reference as ref
-from .strategies import batches, generic_batches
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import batch_all_triplet_count
+from tripletkit.testing import reference as ref
+
+from .strategies import batches, generic_batches
 
 MARGIN_FNS = ["hinge", "softplus"]
 DISTANCES = ["euclidean", "sqeuclidean", "cosine"]

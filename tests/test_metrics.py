@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tripletkit.testing import hpatches_reference as ref
 from tripletkit.metrics import average_precision, average_precision_from_ranks, matching_average_precision, roc_auc
+from tripletkit.testing import hpatches_reference as ref
 
 
 def test_hand_computed_ap():

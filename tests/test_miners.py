@@ -6,14 +6,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tripletkit.testing import reference as ref
-from .strategies import batches, generic_batches
 from tripletkit import BatchAllMiner, BatchHardMiner, OfflineMiner, RandomMiner
 from tripletkit.functional import euclidean_matrix, mine_offline
+from tripletkit.testing import reference as ref
+
+from .strategies import batches, generic_batches
 
 
 def _has_pos_neg(labels, a):
-    return any(labels[p] == labels[a] for p in range(len(labels)) if p != a) and any(l != labels[a] for l in labels)
+    return any(labels[p] == labels[a] for p in range(len(labels)) if p != a) and any(other != labels[a] for other in labels)
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])

@@ -16,7 +16,7 @@ STAGES = [(4, 2), (8, 2), (8, 4), (16, 4)]
 def _ema_reference(losses, beta):
     """Bias-corrected EMA of a list, written out."""
     s = 0.0
-    for t, x in enumerate(losses, 1):
+    for x in losses:
         s = beta * s + (1 - beta) * x
     return s / (1 - beta ** len(losses)) if beta > 0 else losses[-1]
 

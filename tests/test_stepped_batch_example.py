@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from tripletkit_hpatches.data import write_hpatches_sequence
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # a script, not a package module: loaded from its file as `python examples/stepped_batch.py` would run it
 run = runpy.run_path(str(ROOT / "examples" / "stepped_batch.py"))["run"]

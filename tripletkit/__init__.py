@@ -4,13 +4,13 @@
 >>> loss_fn = BatchHardLoss(margin=0.2, margin_fn="hinge", distance="euclidean")
 """
 
+from .diagnostics import CollapseError, CollapseMonitor, CollapseWarning, embedding_stats
 from .distances import DISTANCES, CosineDistance, Distance, EuclideanDistance, SquaredEuclideanDistance
 from .functional.miners import Triplets
 from .losses import LOSSES, BatchAllLoss, BatchHardLoss, TripletLoss
 from .margins import MARGINS, HingeMargin, MarginFunction, SoftplusMargin
 from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner
 from .registry import Registry, UnknownNameError
-from .diagnostics import CollapseMonitor, CollapseWarning, CollapseError, embedding_stats
 from .samplers import SAMPLERS, SymmetricSampler
 from .schedulers import SCHEDULERS, STUDY_STAGES, StageChange, SteppedBatchScheduler
 

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from ._validation import check_embeddings, check_labels
-from .distances import EuclideanDistance
-from .functional.losses import mine_batch_hard
+from .distances import DISTANCES, Distance
+from .functional.miners import mine_batch_hard
 from .margins import MARGINS, HingeMargin, MarginFunction
 
 __all__ = ["CollapseMonitor", "CollapseError", "CollapseWarning", "EmbeddingStats", "embedding_stats"]
@@ -76,9 +76,19 @@ class EmbeddingStats:
 
 @torch.no_grad()
 def embedding_stats(
-    embeddings: Tensor, labels: Tensor | None = None, margin_fn: MarginFunction | None = None, loss_tol: float = 0.01
-) -> dict[str, float | None]:
-    """The raw statistics (see the module docstring), as Python floats."""
+    embeddings: Tensor,
+    labels: Tensor | None = None,
+    margin_fn: MarginFunction | None = None,
+    loss_tol: float = 0.01,
+    distance: str | dict | Distance = "euclidean",
+) -> dict[str, Any]:
+    """The raw statistics (see the module docstring), as Python floats (``at_collapse_fraction``: None without
+    labels).
+
+    ``at_collapse_fraction`` scores each anchor's batch-hard triplet with ``margin_fn`` and ``distance``: the
+    loss's own, so that "at the collapse value" means what the loss sees.
+    """
+    distance = DISTANCES.build(distance)
     check_embeddings(embeddings)
     x = embeddings.detach().double()
     n = x.shape[0]
@@ -98,9 +108,9 @@ def embedding_stats(
     if labels is not None:
         labels = check_labels(labels, n, device=x.device)
         margin_fn = margin_fn or HingeMargin()
-        t = mine_batch_hard(x, labels, distance=EuclideanDistance())
-        d_ap = (x - x[t.positive]).norm(dim=1)
-        d_an = (x - x[t.negative]).norm(dim=1)
+        t = mine_batch_hard(x, labels, distance=distance)
+        d_ap = distance.paired(x, x[t.positive])
+        d_an = distance.paired(x, x[t.negative])
         per_anchor = margin_fn(d_ap - d_an)
         c = margin_fn.collapse_value
         near = (per_anchor - c).abs() <= loss_tol * max(abs(c), 1e-12)
@@ -121,7 +131,8 @@ class CollapseMonitor:
 
     Args:
         margin_fn: the loss's margin function (name, config, object) or the loss itself: gives the collapse value
-            and the gap scale.
+            and the gap scale (and, for a loss, the distance of ``at_collapse_fraction``).
+        distance: the distance of ``at_collapse_fraction``; default: the loss's, else Euclidean.
         relative_tol: collapsed if ``mean_distance ≤ relative_tol × reference_distance``.
         absolute_tol: collapsed if ``mean_distance ≤ absolute_tol × gap scale``.
         fraction_tol: collapsed if ``at_collapse_fraction ≥ fraction_tol`` (needs labels).
@@ -144,10 +155,14 @@ class CollapseMonitor:
         loss_tol: float = 0.01,
         reference_distance: float | None = None,
         action: str = "warn",
+        distance: str | dict | Distance | None = None,
     ) -> None:
+        if distance is None:
+            distance = getattr(margin_fn, "distance", "euclidean")  # a tripletkit loss carries its distance
+        self.distance: Distance = DISTANCES.build(distance)
         if hasattr(margin_fn, "margin_fn"):
             margin_fn = margin_fn.margin_fn  # a tripletkit loss
-        self.margin_fn: MarginFunction = MARGINS.build(margin_fn)
+        self.margin_fn: MarginFunction = MARGINS.build(margin_fn)  # type: ignore[arg-type]
         for name, value in (("relative_tol", relative_tol), ("absolute_tol", absolute_tol), ("loss_tol", loss_tol)):
             if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -178,7 +193,7 @@ class CollapseMonitor:
         return self._collapsed
 
     def update(self, embeddings: Tensor, labels: Tensor | None = None, loss: float | Tensor | None = None) -> EmbeddingStats:
-        raw = embedding_stats(embeddings, labels, self.margin_fn, self.loss_tol)
+        raw = embedding_stats(embeddings, labels, self.margin_fn, self.loss_tol, self.distance)
         mean_distance = raw["mean_distance"]
         if self.reference_distance is None and mean_distance > 0:
             self.reference_distance = mean_distance

@@ -26,13 +26,15 @@ from .registry import Registry
 
 __all__ = ["DISTANCES", "Distance", "EuclideanDistance", "SquaredEuclideanDistance", "CosineDistance"]
 
-DISTANCES: Registry["Distance"] = Registry("distance")
+DISTANCES: Registry[Distance] = Registry(
+    "distance", check=lambda d: all(callable(getattr(d, m, None)) for m in ("matrix", "paired", "ranking")),
+    expected="object with matrix, paired and ranking methods",
+)
 
 
 class Distance:
     """Base class; subclasses implement ``matrix``, ``paired`` and ``ranking``."""
 
-    registry_name = ""
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -69,7 +71,6 @@ class Distance:
 class EuclideanDistance(Distance):
     """``||x − y||`` (plain, not squared); gradient 0 where two points coincide."""
 
-    registry_name = "euclidean"
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.euclidean_matrix(x, y)
@@ -91,7 +92,6 @@ class EuclideanDistance(Distance):
 class SquaredEuclideanDistance(Distance):
     """``||x − y||²``."""
 
-    registry_name = "sqeuclidean"
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.squared_euclidean_matrix(x, y)
@@ -113,7 +113,6 @@ class SquaredEuclideanDistance(Distance):
 class CosineDistance(Distance):
     """``1 − cos(x, y)`` in [0, 2]; a zero vector is at distance 1 from everything but itself."""
 
-    registry_name = "cosine"
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.cosine_matrix(x, y)

@@ -29,13 +29,16 @@ from .registry import Registry
 
 __all__ = ["MARGINS", "MarginFunction", "HingeMargin", "SoftplusMargin"]
 
-MARGINS: Registry["MarginFunction"] = Registry("margin function")
+MARGINS: Registry[MarginFunction] = Registry(
+    "margin function",
+    check=lambda m: callable(m) and all(hasattr(m, a) for a in ("margin", "collapse_value", "activation", "activation_grad")),
+    expected="MarginFunction-like object (margin, collapse_value, activation, activation_grad)",
+)
 
 
 class MarginFunction:
     """Base class: ``h(gap) = activation(gap + margin)``."""
 
-    registry_name = ""
     default_margin = 0.0
 
     def __init__(self, margin: float | None = None) -> None:
@@ -69,7 +72,6 @@ class MarginFunction:
 class HingeMargin(MarginFunction):
     """``[m + gap]₊``; default margin 0.2."""
 
-    registry_name = "hinge"
     default_margin = 0.2
 
     def activation(self, t: Tensor) -> Tensor:
@@ -87,7 +89,6 @@ class HingeMargin(MarginFunction):
 class SoftplusMargin(MarginFunction):
     """``ln(1 + exp(m + gap))``, computed stably; default margin 0 (the soft margin)."""
 
-    registry_name = "softplus"
     default_margin = 0.0
 
     def activation(self, t: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ __all__ = [
 
 TIES = ("reference", "pessimistic")
 _SMALL = 1e-10
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2.0 has only trapz
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009  numpy < 2.0 has only trapz
 
 
 def _check_ties(ties: str) -> None:
@@ -143,10 +143,20 @@ def matching_average_precision(dist: np.ndarray, ties: str = "reference") -> tup
     if dist.ndim != 2 or dist.shape[1] != n:
         raise ValueError(f"matching needs a square distance matrix, got shape {dist.shape}")
     nn = np.argmin(dist, axis=1)
-    rows = np.arange(n)
-    nn_dist = dist[rows, nn]
-    correct = nn == rows
+    nn_dist = dist[np.arange(n), nn]
+    return matching_from_neighbours(nn, nn_dist, (dist == nn_dist[:, None]).sum(1) == 1, ties)
+
+
+def matching_from_neighbours(
+    nn: np.ndarray, nn_dist: np.ndarray, unique: np.ndarray, ties: str = "reference"
+) -> tuple[float, float]:
+    """:func:`matching_average_precision` from each reference patch's nearest neighbour: its index ``nn[i]``, its
+    distance, and whether that minimum is unique (used by ``pessimistic``). For callers that find the neighbours
+    without a full distance matrix."""
+    _check_ties(ties)
+    n = len(nn)
+    correct = np.asarray(nn) == np.arange(n)
     if ties == "pessimistic":
-        correct &= (dist == nn_dist[:, None]).sum(1) == 1
-    ap = average_precision(-nn_dist, correct, numpos=n, ties=ties)
+        correct &= np.asarray(unique, dtype=bool)
+    ap = average_precision(-np.asarray(nn_dist, dtype=np.float64), correct, numpos=n, ties=ties)
     return ap, float(correct.mean())

@@ -30,24 +30,40 @@ from torch import Tensor
 from ._validation import check_choice, check_embeddings, check_labels, check_margin, outside_autocast
 from .distances import DISTANCES, Distance
 from .functional import miners as F
-from .functional.losses import mine_batch_hard
-from .functional.miners import Triplets
+from .functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss
+from .functional.miners import Triplets, mine_batch_hard
 from .registry import Registry
 
 __all__ = ["MINERS", "Miner", "BatchHardMiner", "RandomMiner", "BatchAllMiner", "OfflineMiner", "Triplets"]
 
-MINERS: Registry["Miner"] = Registry("miner")
+MINERS: Registry[Miner] = Registry("miner", check=callable, expected="callable miner(embeddings, labels) -> Triplets")
 
 
 class Miner:
-    """Base class. ``per_anchor`` miners return exactly one (possibly invalid) triplet per input row."""
+    """Base class. ``per_anchor`` miners return exactly one (possibly invalid) triplet per input row.
 
-    registry_name = ""
+    Two optional capabilities let :class:`~tripletkit.TripletLoss` use a miner without knowing its type (a plain
+    callable ``miner(embeddings, labels) -> Triplets`` works too; it has neither):
+
+    * ``fused_loss(embeddings, labels, *, distance, margin_fn, reduction, swap)``: the loss computed without listing
+      the triplets (batch hard: mining and scoring in one pass; batch all: the streamed sum), or None when this
+      miner has no such path for these settings;
+    * ``check_loss_options(*, reduction, swap)``: raises ``ValueError`` for loss settings the miner cannot serve.
+    """
+
     per_anchor = True
 
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         raise NotImplementedError
+
+    def fused_loss(
+        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+    ) -> Tensor | None:
+        return None
+
+    def check_loss_options(self, *, reduction: str, swap: bool) -> None:
+        return None
 
     def _check(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         check_embeddings(embeddings)
@@ -86,7 +102,6 @@ class _SeededMiner(Miner):
 class BatchHardMiner(Miner):
     """Furthest positive and nearest negative per anchor; ``swap`` adds HardNet's anchor swap."""
 
-    registry_name = "batch_hard"
 
     def __init__(
         self, distance: str | dict | Distance = "euclidean", swap: bool = False, max_class_size: int | None = None
@@ -102,15 +117,24 @@ class BatchHardMiner(Miner):
         x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
         return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap, max_class_size=self.max_class_size)
 
+    def fused_loss(
+        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+    ) -> Tensor | None:
+        if distance != self.distance:
+            return None  # mined with one distance, scored with another: the general path
+        return batch_hard_triplet_loss(
+            embeddings, labels, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap or self.swap,
+            max_class_size=self.max_class_size,
+        )
+
     def __repr__(self) -> str:
-        return f"BatchHardMiner(distance={self.distance!r}, swap={self.swap})"
+        return f"BatchHardMiner(distance={self.distance!r}, swap={self.swap}, max_class_size={self.max_class_size})"
 
 
 @MINERS.register("random")
 class RandomMiner(_SeededMiner):
     """One uniformly random positive and negative per anchor. ``seed`` makes it reproducible (own generator)."""
 
-    registry_name = "random"
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
@@ -128,8 +152,12 @@ class RandomMiner(_SeededMiner):
 class BatchAllMiner(Miner):
     """Every valid triplet, explicitly: ``Σ_c n_c(n_c − 1)(N − n_c)`` rows. For inspection, not for training."""
 
-    registry_name = "batch_all"
     per_anchor = False
+
+    def __init__(self, max_class_size: int | None = None) -> None:
+        if max_class_size is not None and (isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1):
+            raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
+        self.max_class_size = max_class_size
 
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
@@ -140,6 +168,25 @@ class BatchAllMiner(Miner):
             return Triplets(empty, empty, empty, empty.bool())
         return Triplets(*(torch.cat(parts) for parts in zip(*(b[:4] for b in blocks))))
 
+    def fused_loss(
+        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+    ) -> Tensor | None:
+        loss = batch_all_triplet_loss(
+            embeddings, labels, distance=distance, margin_fn=margin_fn, reduction=reduction,
+            max_class_size=self.max_class_size,
+        )
+        assert isinstance(loss, Tensor)  # without return_stats the loss alone
+        return loss
+
+    def check_loss_options(self, *, reduction: str, swap: bool) -> None:
+        if reduction == "none":
+            raise ValueError("reduction='none' is not available with the batch_all miner (one value per triplet)")
+        if swap:
+            raise ValueError("swap is not defined for the batch_all miner")
+
+    def __repr__(self) -> str:
+        return f"BatchAllMiner(max_class_size={self.max_class_size})"
+
 
 @MINERS.register("offline")
 class OfflineMiner(_SeededMiner):
@@ -149,7 +196,6 @@ class OfflineMiner(_SeededMiner):
     epoch on fresh descriptors. See :func:`tripletkit.functional.miners.mine_offline` for the exact rules.
     """
 
-    registry_name = "offline"
     per_anchor = False
 
     def __init__(
@@ -187,6 +233,9 @@ class OfflineMiner(_SeededMiner):
             chunk_size=self.chunk_size,
             generator=self._generator(bank.device),
         )
+
+    def check_loss_options(self, *, reduction: str, swap: bool) -> None:
+        raise ValueError(f"{self!r} mines a bank, not a batch: mine first and pass triplets=... to forward")
 
     def __repr__(self) -> str:
         return (

@@ -45,20 +45,33 @@ class Registry(Generic[T]):
     * a registered name: ``build("batch_hard", swap=True)`` calls the factory with the keyword arguments;
     * a config dict with a ``"name"`` key: ``build({"name": "hinge", "margin": 0.3})``; extra keyword arguments
       override the dict's entries;
-    * an object that is already built (not a ``str`` or mapping): returned unchanged, so APIs can take either.
+    * an object that is already built (not a ``str`` or mapping): returned unchanged, so APIs can take either,
+      once it passes the registry's ``check`` (a ``TypeError`` naming the kind otherwise: ``margin_fn=3`` fails
+      at construction, not later).
+
+    Args:
+        kind: what the registry holds, used in error messages.
+        check: ``check(obj) -> bool`` for already-built objects (default: accept anything). The check asks for
+            what the kind must be able to do, not for a base class, so duck-typed objects pass.
+        expected: how the error message describes what ``check`` wants.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[object], bool] | None = None, expected: str = "") -> None:
         self.kind = kind
+        self._check = check
+        self._expected = expected
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(
         self, name: str | None = None, *, override: bool = False
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a factory under ``name`` (default: its ``registry_name`` or ``__name__``)."""
+        """Decorator that registers a factory under ``name`` (default: its ``__name__``).
+
+        A registered class gets a ``registry_name`` attribute: the name is given once, here.
+        """
 
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
-            key = name or getattr(factory, "registry_name", None) or factory.__name__
+            key = name or factory.__name__
             if not isinstance(key, str) or not key:
                 raise TypeError(f"{self.kind} registry names must be non-empty strings, got {key!r}")
             if key in self._entries and not override and self._entries[key] is not factory:
@@ -67,6 +80,11 @@ class Registry(Generic[T]):
                     "pass override=True to replace it"
                 )
             self._entries[key] = factory
+            if isinstance(factory, type):
+                try:
+                    factory.registry_name = key  # type: ignore[attr-defined]
+                except TypeError:  # a built-in type: registered under the name all the same
+                    pass
             return factory
 
         return decorator
@@ -93,6 +111,11 @@ class Registry(Generic[T]):
             return self.get(name)(**params)
         if kwargs:
             raise TypeError(f"keyword arguments {sorted(kwargs)} given with an already-built {self.kind} {spec!r}")
+        if self._check is not None and not self._check(spec):
+            raise TypeError(
+                f"expected a {self.kind} name, config dict or {self._expected or self.kind + ' object'}; "
+                f"got {type(spec).__name__} {spec!r}"
+            )
         return spec  # type: ignore[return-value]
 
     def list(self, filter: str | None = None) -> list[str]:  # noqa: A002 - timm's spelling, on purpose

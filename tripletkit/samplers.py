@@ -30,7 +30,7 @@ from .registry import Registry
 
 __all__ = ["SAMPLERS", "SymmetricSampler"]
 
-SAMPLERS: Registry[Any] = Registry("sampler")
+SAMPLERS: Registry[Any] = Registry("sampler", check=lambda s: hasattr(s, "__iter__"), expected="iterable batch sampler")
 
 _POLICIES = ("skip", "replace")
 

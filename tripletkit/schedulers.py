@@ -33,7 +33,7 @@ from .registry import Registry
 
 __all__ = ["SCHEDULERS", "SteppedBatchScheduler", "StageChange", "STUDY_STAGES"]
 
-SCHEDULERS: Registry[Any] = Registry("scheduler")
+SCHEDULERS: Registry[Any] = Registry("scheduler", check=lambda s: callable(getattr(s, "step", None)), expected="object with a step(loss) method")
 logger = logging.getLogger("tripletkit.schedulers")
 
 #: The study's schedule: batch sizes 32 → 64 → 128 → 256 → 512 → 1024, K growing 2 → 8.
@@ -56,9 +56,9 @@ class StageChange:
 
 
 def _collapse_value(source: object) -> float:
-    if hasattr(source, "collapse_value"):
-        return float(source.collapse_value)  # a margin function or a tripletkit loss
-    return float(MARGINS.build(source).collapse_value)  # a name or a config dict
+    if hasattr(source, "collapse_value") and not isinstance(source, (str, dict)):
+        return float(source.collapse_value)  # type: ignore[attr-defined]  # a margin function or a tripletkit loss
+    return float(MARGINS.build(source).collapse_value)  # type: ignore[arg-type]  # a name or a config; else TypeError
 
 
 @SCHEDULERS.register("stepped_batch")

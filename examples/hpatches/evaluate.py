@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-
+from tripletkit.functional import euclidean_matrix, squared_euclidean_matrix
+from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_from_neighbours, roc_auc
 from tripletkit_hpatches.descriptors import DescriptorSet, read_descriptor_dir
 from tripletkit_hpatches.tasks import (
     Split,
@@ -37,7 +38,6 @@ from tripletkit_hpatches.tasks import (
     read_verification,
     write_verification,
 )
-from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, roc_auc
 
 LEVELS = ("e", "h", "t")
 POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)
@@ -49,14 +49,9 @@ def _type(image_id: int, level: str) -> str:
     return "ref" if image_id == 0 else f"{level}{image_id}"
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _dists64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances in float64 from float32 descriptors, as scipy's cdist (which upcasts)."""
-    a = a.double()
-    b = b.double()
-    center = torch.cat([a, b]).mean(0, keepdim=True)
-    a, b = a - center, b - center
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-    return d2.clamp_min_(0).sqrt_()
+    return euclidean_matrix(a.double(), b.double())
 
 
 # --------------------------------------------------------------------------------------------------- verification
@@ -130,12 +125,11 @@ def _nearest_neighbours(ref: torch.Tensor, target: torch.Tensor, ties: str) -> t
     float64 argmin with numpy's first-index tie rule in every case.
     """
     r32, t32 = ref.float(), target.float()
-    center = torch.cat([r32, t32]).mean(0, keepdim=True)
-    a, b = r32 - center, t32 - center
-    d2 = torch.addmm((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :], a, b.T, alpha=-2.0)
+    d2 = squared_euclidean_matrix(r32, t32)  # mean-centred Gram: float32 error relative to the centred norms
     best2 = torch.topk(d2, k=min(2, d2.shape[1]), dim=1, largest=False)
     nn = best2.indices[:, 0].clone()
-    scale = (a * a).sum(1) + (b * b).sum(1).max()
+    center = torch.cat([r32, t32]).mean(0, keepdim=True)
+    scale = (r32 - center).square().sum(1) + (t32 - center).square().sum(1).max()
     if d2.shape[1] > 1:
         close = (best2.values[:, 1] - best2.values[:, 0]) <= 1e-4 * scale + 1e-30
     else:
@@ -163,16 +157,11 @@ def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str =
     per: dict = {}
     for seq in sequences:
         ref = torch.from_numpy(desc[seq]["ref"])
-        n = ref.shape[0]
-        rows = np.arange(n)
         for level in LEVELS:
             for i in range(1, 6):
                 nn, dist, unique = _nearest_neighbours(ref, torch.from_numpy(desc[seq][f"{level}{i}"]), ties)
-                correct = nn == rows
-                if ties == "pessimistic":
-                    correct &= unique
-                ap = average_precision(-dist, correct, numpos=n, ties=ties)
-                per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": float(correct.mean())}
+                ap, sr = matching_from_neighbours(nn, dist, unique, ties)
+                per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": sr}
     aps = [per[s][lv][i]["ap"] for s in per for lv in LEVELS for i in range(1, 6)]
     return {"per_sequence": per, "mean": float(np.mean(aps))}
 
@@ -199,7 +188,7 @@ def evaluate_retrieval(
         rows = np.flatnonzero(q_seq == seq)
         keep = np.flatnonzero(d_seq != seq)
         q_ref = torch.from_numpy(desc[seq]["ref"][q_idx[rows]])
-        dd = _sq_dists(q_ref, d_ref[keep])  # (q, L) in file order
+        dd = _dists64(q_ref, d_ref[keep])  # (q, L) in file order
         cuts = [min(k - 5, dd.shape[1]) for k in pool_sizes]
         for li, level in enumerate(LEVELS):
             targets = [torch.from_numpy(desc[seq][f"{level}{i}"][q_idx[rows]]).double() for i in range(1, 6)]
@@ -276,7 +265,7 @@ def evaluate(
     return out
 
 
-def breakdown(result: dict) -> "pd.DataFrame":  # noqa: F821
+def breakdown(result: dict) -> pd.DataFrame:  # noqa: F821
     """Long table: task, level, kind (inter/intra for verification; i_/v_ for matching and retrieval), value."""
     import pandas as pd
 

@@ -74,7 +74,7 @@ class Frames:
     def radius(self) -> np.ndarray:
         return 5.0 * self.sigma
 
-    def subset(self, keep: np.ndarray) -> "Frames":
+    def subset(self, keep: np.ndarray) -> Frames:
         return Frames(self.x[keep], self.y[keep], self.sigma[keep], self.theta[keep] if len(self.theta) else self.theta)
 
 

@@ -20,8 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-
-from tripletkit_hpatches.data import load_dataset, make_splits, write_hpatches_sequence, write_nhpatches_sequence, write_splits
+from tripletkit_hpatches.data import (
+    load_dataset,
+    make_splits,
+    write_hpatches_sequence,
+    write_nhpatches_sequence,
+    write_splits,
+)
 from tripletkit_hpatches.extract import SequenceFileError, extract_sequence, load_sequence
 from tripletkit_hpatches.noise import noise_sequence
 from tripletkit_hpatches.patches import PatchFileError

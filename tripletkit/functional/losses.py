@@ -18,15 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import _compiling, compute_dtype, outside_autocast
-from .miners import Triplets, batch_hard_triplets, batch_hard_triplets_factored, class_members, random_triplets
+from .._validation import compute_dtype, outside_autocast
+from .miners import Triplets, class_members, mine_batch_hard, random_triplets
 from .reductions import reduce_losses
 from .types import DistanceLike, MarginLike
 
 __all__ = [
     "triplet_margin_loss",
     "batch_hard_triplet_loss",
-    "mine_batch_hard",
     "random_triplet_loss",
     "batch_all_triplet_loss",
     "BatchAllStats",
@@ -84,27 +83,6 @@ def batch_hard_triplet_loss(
     x = compute_dtype(embeddings)
     triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap, max_class_size=max_class_size)
     return triplet_margin_loss(x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction)
-
-
-@torch.no_grad()
-@outside_autocast
-def mine_batch_hard(
-    x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False, max_class_size: int | None = None
-) -> Triplets:
-    """Batch-hard mining on embeddings.
-
-    Fast path: blocked on the distance's factored ranking with the class structure from :func:`class_members`
-    (needs ``max_class_size``, or reads it from the labels in eager mode). While ``torch.compile`` traces without a
-    ``max_class_size``, or for a distance without factors, the dense masked path keeps every shape static.
-    """
-    factors = distance.ranking_factors(x) if hasattr(distance, "ranking_factors") else None
-    if factors is not None and (max_class_size is not None or not _compiling()):
-        left, right, offset = factors
-        return batch_hard_triplets_factored(
-            left, right, labels, row_offset=offset, swap=swap, max_class_size=max_class_size
-        )
-    ranking, offset = distance.ranking(x)
-    return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
 
 @outside_autocast

@@ -22,13 +22,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._validation import _compiling
+from .._validation import _compiling, outside_autocast
+from .types import DistanceLike
 
 __all__ = [
     "Triplets",
     "label_masks",
     "batch_hard_triplets",
     "batch_hard_triplets_factored",
+    "mine_batch_hard",
     "ClassMembers",
     "class_members",
     "random_triplets",
@@ -76,7 +78,6 @@ def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor |
     Ties are broken by the smallest index. Self-pairs are never chosen as positives, also when the anchor's only
     other positives coincide with it.
     """
-    n = ranking.shape[0]
     same = labels[:, None] == labels[None, :]
     neg_inf = torch.tensor(float("-inf"), dtype=ranking.dtype, device=ranking.device)
     pos_scores = torch.where(same, ranking, neg_inf)
@@ -85,14 +86,21 @@ def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor |
     neg_scores = ranking.masked_fill(same, float("inf"))
     neg_val, negative = neg_scores.min(1)
     valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
-    anchor = torch.arange(n, device=ranking.device)
+    return _hardest(positive, negative, neg_val, valid, row_offset, swap)
+
+
+def _hardest(
+    positive: Tensor, negative: Tensor, neg_val: Tensor, valid: Tensor, row_offset: Tensor | None, swap: bool
+) -> Triplets:
+    """One triplet per anchor from its hardest positive and negative; with ``swap`` (HardNet's anchor swap) the
+    negative becomes the hardest positive's nearest negative where that one is nearer (``neg_val + row_offset``
+    compares rows)."""
+    anchor = torch.arange(positive.shape[0], device=positive.device)
     if not swap:
         return Triplets(anchor, positive, negative, valid)
-    offset = torch.zeros(n, dtype=ranking.dtype, device=ranking.device) if row_offset is None else row_offset
-    neg_dist = neg_val + offset
+    neg_dist = neg_val if row_offset is None else neg_val + row_offset
     use_swap = neg_dist[positive] < neg_dist
-    negative = torch.where(use_swap, negative[positive], negative)
-    return Triplets(anchor, positive, negative, valid, use_swap)
+    return Triplets(anchor, positive, torch.where(use_swap, negative[positive], negative), valid, use_swap)
 
 
 class ClassMembers(NamedTuple):
@@ -182,13 +190,28 @@ def batch_hard_triplets_factored(
         torch.min(block, 1, out=(neg_val[r0:r1], negative[r0:r1]))
     positive = cm.members.gather(1, pos_slot[:, None]).squeeze(1)
     valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
-    anchor = torch.arange(n, device=device)
-    if not swap:
-        return Triplets(anchor, positive, negative, valid)
-    neg_dist = neg_val if row_offset is None else neg_val + row_offset
-    use_swap = neg_dist[positive] < neg_dist
-    negative = torch.where(use_swap, negative[positive], negative)
-    return Triplets(anchor, positive, negative, valid, use_swap)
+    return _hardest(positive, negative, neg_val, valid, row_offset, swap)
+
+
+@torch.no_grad()
+@outside_autocast
+def mine_batch_hard(
+    x: Tensor, labels: Tensor, *, distance: DistanceLike, swap: bool = False, max_class_size: int | None = None
+) -> Triplets:
+    """Batch-hard mining on embeddings with any distance.
+
+    Fast path: blocked on the distance's factored ranking with the class structure from :func:`class_members`
+    (needs ``max_class_size``, or reads it from the labels in eager mode). While ``torch.compile`` traces without a
+    ``max_class_size``, or for a distance without factors, the dense masked path keeps every shape static.
+    """
+    factors = distance.ranking_factors(x) if hasattr(distance, "ranking_factors") else None
+    if factors is not None and (max_class_size is not None or not _compiling()):
+        left, right, offset = factors
+        return batch_hard_triplets_factored(
+            left, right, labels, row_offset=offset, swap=swap, max_class_size=max_class_size
+        )
+    ranking, offset = distance.ranking(x)
+    return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
 
 def _random_other_member(sc: _SortedClasses, rows: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -321,7 +344,7 @@ def mine_offline(
     neg_index = torch.zeros(n_anchors, dtype=torch.long, device=device)
     neg_dist = torch.full((n_anchors,), inf, dtype=dtype, device=device)
 
-    def blocks() -> Iterator[tuple[slice, slice, Tensor, Tensor]]:
+    def blocks() -> Iterator[tuple[slice, slice, Tensor, Tensor, Tensor]]:
         for q0 in range(0, n_anchors, chunk_size):
             qs = slice(q0, min(q0 + chunk_size, n_anchors))
             q_idx = anchors[qs]

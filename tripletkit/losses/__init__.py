@@ -6,7 +6,7 @@ from .batch_all import BatchAllLoss
 from .batch_hard import BatchHardLoss
 from .triplet import TripletLoss
 
-LOSSES: Registry[TripletLossBase] = Registry("loss")
+LOSSES: Registry[TripletLossBase] = Registry("loss", check=callable, expected="callable loss module")
 LOSSES.register("batch_hard")(BatchHardLoss)
 LOSSES.register("batch_all")(BatchAllLoss)
 LOSSES.register("triplet")(TripletLoss)

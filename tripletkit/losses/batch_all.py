@@ -82,6 +82,9 @@ class BatchAllLoss(TripletLossBase):
             block_elements=self.block_elements,
             return_stats=return_stats,
         )
-        if return_stats:
+        if isinstance(out, tuple):
             return self._finish(out[0]), out[1]
         return self._finish(out)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", max_class_size={self.max_class_size}, block_elements={self.block_elements}"

@@ -88,4 +88,4 @@ class BatchHardLoss(TripletLossBase):
         ))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", swap={self.swap}"
+        return super().extra_repr() + f", swap={self.swap}, max_class_size={self.max_class_size}"

@@ -7,10 +7,10 @@ from torch import Tensor
 
 from .._validation import check_embeddings
 from ..distances import Distance
-from ..functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss, triplet_margin_loss
+from ..functional.losses import triplet_margin_loss
 from ..functional.miners import Triplets
 from ..margins import MarginFunction
-from ..miners import MINERS, BatchAllMiner, BatchHardMiner, Miner
+from ..miners import MINERS, Miner
 from .base import TripletLossBase
 
 __all__ = ["TripletLoss"]
@@ -59,16 +59,11 @@ class TripletLoss(TripletLossBase):
     ) -> None:
         super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
         self.miner = MINERS.build(miner)
-        if not isinstance(self.miner, Miner):
-            raise TypeError(f"miner must build a tripletkit Miner, got {type(self.miner).__name__}")
-        if isinstance(self.miner, BatchAllMiner):
-            if reduction == "none":
-                raise ValueError("reduction='none' is not available with the batch_all miner (one value per triplet)")
-            if swap:
-                raise ValueError("swap is not defined for the batch_all miner")
-        elif not self.miner.per_anchor:
-            raise ValueError(f"{self.miner!r} mines a bank, not a batch: mine first and pass triplets=... to forward")
         self.swap = bool(swap)
+        # the loss asks the miner what it can do; it never checks the miner's type
+        check = getattr(self.miner, "check_loss_options", None)
+        if check is not None:
+            check(reduction=self.reduction, swap=self.swap)
 
     def forward(
         self,
@@ -82,21 +77,19 @@ class TripletLoss(TripletLossBase):
             raise ValueError("labels are required unless triplets are given")
         labels = self._check_inputs(embeddings, labels)
         embeddings, labels = self._gather(embeddings, labels)
-        if isinstance(self.miner, BatchHardMiner) and self.miner.distance == self.distance:
-            loss = batch_hard_triplet_loss(
-                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction,
-                swap=self.swap or self.miner.swap,
-            )
-        elif isinstance(self.miner, BatchAllMiner):
-            loss = batch_all_triplet_loss(
-                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction
-            )
-        else:
+        fused = getattr(self.miner, "fused_loss", None)
+        loss = None
+        if fused is not None:
+            loss = fused(embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap)
+        if loss is None:
             mined = self.miner(embeddings.detach(), labels)
             loss = triplet_margin_loss(
                 embeddings, mined, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
             )
         return self._finish(loss)
+
+    def extra_repr(self) -> str:
+        return f"miner={self.miner!r}, " + super().extra_repr() + f", swap={self.swap}"
 
     def _given(self, embeddings: Tensor, labels: Tensor | None, triplets: Triplets | tuple) -> Tensor:
         check_embeddings(embeddings, min_rows=1, values=self.validate)

@@ -106,7 +106,7 @@ class CollapseProbe:
         ):
             raise ValueError(f"not a CollapseProbe state dict: {state!r}")
         self.monitor.reference_distance = ref
-        self.monitor._collapsed = state["collapsed"]
+        self.monitor._collapsed = bool(state["collapsed"])
 
     def __repr__(self) -> str:
         return f"CollapseProbe(n={len(self.labels)}, every={self.every}, monitor={type(self.monitor).__name__})"

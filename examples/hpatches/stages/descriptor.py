@@ -16,7 +16,16 @@ import torch
 
 from tripletkit import LOSSES, OfflineMiner
 from tripletkit.distributed import all_reduce_mean
-from tripletkit.training import CheckpointError, CollapseProbe, SteppedBatches, TrainingCheckpoint, atomic_save, atomic_write_text, load_checkpoint, probe_indices
+from tripletkit.training import (
+    CheckpointError,
+    CollapseProbe,
+    SteppedBatches,
+    TrainingCheckpoint,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    probe_indices,
+)
 from tripletkit_hpatches.baselines import describe, model_descriptors
 from tripletkit_hpatches.config import Config
 from tripletkit_hpatches.data import PatchDataset
@@ -61,7 +70,7 @@ def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     max_k = max(k for _, k in cfg.stages_sk)
     static = rt.static_shapes
     miner = {"random": {"name": "random", "seed": cfg.seed}, "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
-             "batch_all": "batch_all", "offline": "random"}[cfg.miner]
+             "batch_all": {"name": "batch_all", "max_class_size": max_k if static else None}, "offline": "random"}[cfg.miner]
     return LOSSES.build("triplet", margin=cfg.margin, margin_fn=cfg.margin_fn, distance=cfg.distance, miner=miner,
                         validate=not static, gather_distributed=rt.ddp and cfg.miner != "offline")
 
