@@ -82,3 +82,16 @@ def test_at_collapse_fraction_for_soft_margin():
     assert stats["at_collapse_fraction"] == 1.0
     spread = torch.arange(4.0).repeat_interleave(4)[:, None] * 10 * torch.ones(16, 4)
     assert embedding_stats(spread, labels)["at_collapse_fraction"] == 0.0
+
+
+def test_the_monitor_scores_anchors_with_the_losses_distance():
+    from tripletkit import BatchHardLoss
+
+    # every point on one ray: all cosine distances are 0 (each anchor sits at the collapse value), while the
+    # Euclidean ones still separate the classes
+    labels = torch.arange(4).repeat_interleave(3)
+    emb = (1.0 + torch.arange(12, dtype=torch.float64))[:, None] * torch.ones(1, 5, dtype=torch.float64)
+    cosine = CollapseMonitor(BatchHardLoss(distance="cosine"), action="none").update(emb, labels)
+    euclid = CollapseMonitor(BatchHardLoss(), action="none").update(emb, labels)
+    assert cosine.at_collapse_fraction == 1.0 and cosine.collapsed
+    assert euclid.at_collapse_fraction < 0.5

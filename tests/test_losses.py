@@ -220,3 +220,30 @@ def test_float32_accuracy_far_from_origin():
         exact = float(loss_cls()(x32.double(), labels))
         approx = float(loss_cls()(x32, labels))
         assert abs(approx - exact) < 1e-4, (loss_cls.__name__, approx, exact)
+
+
+def test_triplet_loss_passes_the_miners_max_class_size_to_the_mining():
+    emb = torch.randn(6, 3)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    for miner in ({"name": "batch_hard", "max_class_size": 2}, {"name": "batch_all", "max_class_size": 2}):
+        with pytest.raises(ValueError, match="max_class_size=2"):
+            TripletLoss(miner=miner)(emb, labels)
+        fits = dict(miner, max_class_size=3)
+        assert torch.isfinite(TripletLoss(miner=fits)(emb, labels))
+
+
+def test_a_plain_callable_is_a_miner_and_the_loss_never_checks_its_type():
+    emb = torch.randn(8, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    from tripletkit import MINERS
+
+    bh = MINERS.build("batch_hard")
+    duck = TripletLoss(miner=lambda e, y: bh(e, y))(emb, labels)  # no fused path: mine, then score
+    assert torch.allclose(duck, BatchHardLoss()(emb, labels), rtol=1e-12, atol=0)
+
+
+def test_reprs_show_the_configuration():
+    assert "max_class_size=4" in repr(BatchHardLoss(max_class_size=4)) and "swap=True" in repr(BatchHardLoss(swap=True))
+    r = repr(TripletLoss(miner={"name": "batch_hard", "max_class_size": 8}, swap=True))
+    assert "BatchHardMiner" in r and "max_class_size=8" in r and "swap=True" in r
+    assert "max_class_size=2" in repr(BatchAllLoss(max_class_size=2))

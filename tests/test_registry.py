@@ -62,3 +62,26 @@ def test_margin_given_twice_is_an_error():
     with pytest.raises(ValueError, match="set the margin on the margin function"):
         BatchHardLoss(margin=0.5, margin_fn=HingeMargin(0.3))
     assert BatchHardLoss(margin=0.3, margin_fn=HingeMargin(0.3)).margin == 0.3
+
+
+def test_built_objects_of_the_wrong_kind_are_rejected_at_construction():
+    from tripletkit import BatchHardLoss, CollapseMonitor, SteppedBatchScheduler, TripletLoss
+
+    with pytest.raises(TypeError, match="margin function"):
+        SteppedBatchScheduler([(2, 2)], margin_fn=3)
+    with pytest.raises(TypeError, match="distance"):
+        BatchHardLoss(distance=5)
+    with pytest.raises(TypeError, match="margin function"):
+        BatchHardLoss(margin_fn=object())
+    with pytest.raises(TypeError, match="miner"):
+        TripletLoss(miner=5)
+    with pytest.raises(TypeError, match="margin function"):
+        CollapseMonitor(3)
+
+
+def test_each_registered_class_knows_its_one_name():
+    from tripletkit import DISTANCES, MARGINS, MINERS
+
+    for reg in (DISTANCES, MARGINS, MINERS):
+        for name in reg:
+            assert reg.get(name).registry_name == name
