@@ -10,7 +10,7 @@ import torch
 
 from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
 from tripletkit.functional import squared_euclidean_matrix
-from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard, naive_semihard
 
 D = 128
 K = 8
@@ -72,6 +72,7 @@ def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, t
             "batch_hard": BatchHardLoss(margin=m, margin_fn=margin_fn),
             "batch_all": BatchAllLoss(margin=m, margin_fn=margin_fn),
             "random": TripletLoss(margin=m, margin_fn=margin_fn, miner={"name": "random", "seed": 0}),
+            "semihard": TripletLoss(margin=m, margin_fn=margin_fn, miner="semihard"),
         }[loss]
         return fn
     if impl == "naive":
@@ -79,6 +80,8 @@ def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, t
             return lambda x, y: naive_batch_hard(x, y, margin=m, margin_fn=margin_fn)
         if loss == "batch_all":
             return lambda x, y: naive_batch_all(x, y, margin=m, margin_fn=margin_fn)
+        if loss == "semihard":
+            return lambda x, y: naive_semihard(x, y, margin=m, margin_fn=margin_fn)
         raise ValueError("no naive random-triplet reference")
     if impl == "pml":
         return _pml_case(loss, margin_fn)

@@ -4,9 +4,9 @@
     python examples/stepped_batch.py --data DIR --out runs/stepped --steps 2000 --margin-fn softplus
     python examples/stepped_batch.py --out runs/stepped --resume            # continue an interrupted run exactly
 
-:class:`tripletkit.training.SteppedBatches` draws S×K batches (one class per physical patch) and grows them while the
-smoothed loss stays under the collapse value; :class:`tripletkit.training.CollapseProbe` judges a fixed probe batch
-in eval mode; :class:`tripletkit.training.TrainingCheckpoint` makes ``--resume`` exact. ``log.csv`` has one row per
+`tripletkit.training.SteppedBatches` draws S×K batches (one class per physical patch) and grows them while the
+smoothed loss stays under the collapse value; `tripletkit.training.CollapseProbe` judges a fixed probe batch
+in eval mode; `tripletkit.training.TrainingCheckpoint` makes ``--resume`` exact. ``log.csv`` has one row per
 step, ``summary.json`` the stage changes and the collapse verdicts.
 """
 

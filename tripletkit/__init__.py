@@ -9,7 +9,7 @@ from .distances import DISTANCES, CosineDistance, Distance, EuclideanDistance, S
 from .functional.miners import Triplets
 from .losses import LOSSES, BatchAllLoss, BatchHardLoss, TripletLoss
 from .margins import MARGINS, HingeMargin, MarginFunction, SoftplusMargin
-from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner
+from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner, SemiHardMiner
 from .registry import Registry, UnknownNameError
 from .samplers import SAMPLERS, SymmetricSampler
 from .schedulers import SCHEDULERS, STUDY_STAGES, StageChange, SteppedBatchScheduler
@@ -43,6 +43,7 @@ __all__ = [
     "Miner",
     "OfflineMiner",
     "RandomMiner",
+    "SemiHardMiner",
     "Registry",
     "SoftplusMargin",
     "SquaredEuclideanDistance",

@@ -2,9 +2,9 @@
 
 A triplet loss whose embeddings have collapsed sits at its collapse value (the margin α for the hinge, ln 2 for the
 soft margin), but so can a loss that is merely stuck, and the study behind tripletkit found collapse "not immediately
-evident when directly observing the loss". :class:`CollapseMonitor` therefore judges from the embeddings themselves.
+evident when directly observing the loss". [`CollapseMonitor`][tripletkit.diagnostics.CollapseMonitor] therefore judges from the embeddings themselves.
 
-Statistics (:func:`embedding_stats`), for a batch of N embeddings:
+Statistics ([`embedding_stats()`][tripletkit.diagnostics.embedding_stats]), for a batch of N embeddings:
 
 * ``mean_distance``: mean Euclidean distance over the N(N − 1)/2 pairs;
 * ``spread``: mean over dimensions of the per-dimension standard deviation (``min_spread``: the smallest one);
@@ -57,6 +57,10 @@ class CollapseError(RuntimeError):
 
 @dataclass
 class EmbeddingStats:
+    """One verdict of a [`CollapseMonitor`][tripletkit.diagnostics.CollapseMonitor]: the statistics of
+    [`embedding_stats()`][tripletkit.diagnostics.embedding_stats], the loss, the distance relative to the reference,
+    and whether (and why) the embeddings count as collapsed."""
+
     step: int
     n: int
     mean_distance: float
@@ -138,11 +142,11 @@ class CollapseMonitor:
         fraction_tol: collapsed if ``at_collapse_fraction ≥ fraction_tol`` (needs labels).
         loss_tol: relative tolerance for an anchor's loss to count as "at the collapse value".
         reference_distance: the healthy mean distance; default: the first batch's.
-        action: ``"warn"`` (a :class:`CollapseWarning` on each transition into collapse), ``"raise"``
-            (:class:`CollapseError`) or ``"none"``.
+        action: ``"warn"`` (a [`CollapseWarning`][tripletkit.diagnostics.CollapseWarning] on each transition into collapse), ``"raise"``
+            ([`CollapseError`][tripletkit.diagnostics.CollapseError]) or ``"none"``.
 
     ``update`` costs an N×N distance matrix and an SVD of an N×D matrix: call it every few hundred steps, not
-    every step, on large batches. ``history`` keeps every :class:`EmbeddingStats`.
+    every step, on large batches. ``history`` keeps every [`EmbeddingStats`][tripletkit.diagnostics.EmbeddingStats].
     """
 
     def __init__(

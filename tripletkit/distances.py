@@ -3,7 +3,7 @@
 Each is a small stateless object with three views of the same distance, used by the losses and miners:
 
 * ``matrix(x, y=None)``: the (N, M) matrix, differentiable, accurate near zero (see
-  :mod:`tripletkit.functional.distances`);
+  [`tripletkit.functional.distances`][tripletkit.functional.distances]);
 * ``paired(x, y)``: row-wise distances from the differences, exact near zero;
 * ``ranking(x)``: a cheap no-gradient matrix that orders each row like the distance, for mining.
 

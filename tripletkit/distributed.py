@@ -18,7 +18,7 @@ needs the same local shape on every replica (static shapes: no size exchange, no
 from ``torch.distributed`` initialised with the ``xla`` backend (``init_process_group("xla", init_method="xla://")``).
 The symmetric sampler gives every replica the same S×K, so this holds in training.
 
-:func:`all_reduce_mean` averages a scalar over the replicas; the stepped-batch scheduler uses it
+[`all_reduce_mean()`][tripletkit.distributed.all_reduce_mean] averages a scalar over the replicas; the stepped-batch scheduler uses it
 (``sync_distributed=True``) so that every replica judges the same global loss and changes stage at the same step.
 """
 

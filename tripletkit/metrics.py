@@ -108,7 +108,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray, ties: str = "reference") -> 
 
 
 def average_precision_from_ranks(ranks: np.ndarray, numpos: int | np.ndarray) -> np.ndarray:
-    """AP from the 1-based ranks of the retrieved positives, batched: exactly :func:`average_precision`'s value.
+    """AP from the 1-based ranks of the retrieved positives, batched: exactly [`average_precision()`][tripletkit.metrics.average_precision]'s value.
 
     With the positives at ranks ``r_1 < r_2 < …`` (each row of ``ranks``, sorted or not; entries ≤ 0 mean "not
     retrieved"), recall steps by ``1/p`` at each ``r_j`` while precision moves from ``max(j−1, ε)/max(r_j−1, ε)`` to
@@ -150,7 +150,7 @@ def matching_average_precision(dist: np.ndarray, ties: str = "reference") -> tup
 def matching_from_neighbours(
     nn: np.ndarray, nn_dist: np.ndarray, unique: np.ndarray, ties: str = "reference"
 ) -> tuple[float, float]:
-    """:func:`matching_average_precision` from each reference patch's nearest neighbour: its index ``nn[i]``, its
+    """[`matching_average_precision()`][tripletkit.metrics.matching_average_precision] from each reference patch's nearest neighbour: its index ``nn[i]``, its
     distance, and whether that minimum is unique (used by ``pessimistic``). For callers that find the neighbours
     without a full distance matrix."""
     _check_ties(ties)

@@ -1,10 +1,11 @@
 """Registered miners (``MINERS``): ``batch_hard``, ``random``, ``batch_all``, ``offline``.
 
-Miners are thin, configurable callables over :mod:`tripletkit.functional.miners`; each returns
-:class:`~tripletkit.functional.miners.Triplets` (anchor, positive, negative, valid[, swap]).
+Miners are thin, configurable callables over [`tripletkit.functional.miners`][tripletkit.functional.miners]; each returns
+[`Triplets`][tripletkit.functional.miners.Triplets] (anchor, positive, negative, valid[, swap]).
 
 * ``batch_hard`` (Hermans et al. 2017): per anchor, the furthest positive and the nearest negative in the batch.
 * ``random``: per anchor, a uniformly random positive and negative (the random-triplet baseline).
+* ``semihard``: per anchor-positive pair, the nearest negative farther than the positive (FaceNet, TFA).
 * ``batch_all``: every valid triplet, listed explicitly (O(#triplets) memory: for inspection; the batch-all loss
   never lists them).
 * ``offline``: hard or semi-hard triplets mined from a whole dataset's descriptor bank, chunked.
@@ -34,7 +35,7 @@ from .functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss
 from .functional.miners import Triplets, mine_batch_hard
 from .registry import Registry
 
-__all__ = ["MINERS", "Miner", "BatchHardMiner", "RandomMiner", "BatchAllMiner", "OfflineMiner", "Triplets"]
+__all__ = ["MINERS", "Miner", "BatchHardMiner", "RandomMiner", "SemiHardMiner", "BatchAllMiner", "OfflineMiner", "Triplets"]
 
 MINERS: Registry[Miner] = Registry("miner", check=callable, expected="callable miner(embeddings, labels) -> Triplets")
 
@@ -42,7 +43,7 @@ MINERS: Registry[Miner] = Registry("miner", check=callable, expected="callable m
 class Miner:
     """Base class. ``per_anchor`` miners return exactly one (possibly invalid) triplet per input row.
 
-    Two optional capabilities let :class:`~tripletkit.TripletLoss` use a miner without knowing its type (a plain
+    Two optional capabilities let [`TripletLoss`][tripletkit.losses.triplet.TripletLoss] use a miner without knowing its type (a plain
     callable ``miner(embeddings, labels) -> Triplets`` works too; it has neither):
 
     * ``fused_loss(embeddings, labels, *, distance, margin_fn, reduction, swap)``: the loss computed without listing
@@ -148,6 +149,45 @@ class RandomMiner(_SeededMiner):
         return f"RandomMiner(seed={self.seed})"
 
 
+@MINERS.register("semihard")
+class SemiHardMiner(Miner):
+    """FaceNet's in-batch semi-hard negatives (TensorFlow Addons' ``triplet_semihard_loss``; PML's
+    ``TripletMarginMiner("semihard")`` keeps every negative in the band instead of the nearest one).
+
+    For every anchor-positive pair, the nearest negative farther than the positive, else the farthest negative
+    ([`semihard_triplets()`][tripletkit.functional.miners.semihard_triplets]). ``TripletLoss(miner="semihard", margin=1.0)`` with
+    the default ``reduction="mean"`` is TFA's loss: the hinge over all pairs divided by their number. One triplet
+    per *pair*, so ``reduction="none"`` is not offered.
+
+    Args:
+        distance: the distance that ranks the negatives (``"euclidean"``; TFA's ``"squared-L2"`` is
+            ``"sqeuclidean"``, its ``"angular"`` is ``"cosine"``).
+        max_class_size: ``K`` for S×K batches: static shapes for ``torch.compile``/XLA.
+    """
+
+    per_anchor = False
+
+    def __init__(self, distance: str | dict | Distance = "euclidean", max_class_size: int | None = None) -> None:
+        self.distance = DISTANCES.build(distance)
+        if max_class_size is not None and (isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1):
+            raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
+        self.max_class_size = max_class_size
+
+    @torch.no_grad()
+    @outside_autocast
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+        embeddings, labels = self._check(embeddings, labels)
+        x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        return F.semihard_triplets(self.distance.matrix(x), labels, max_class_size=self.max_class_size)
+
+    def check_loss_options(self, *, reduction: str, swap: bool) -> None:
+        if reduction == "none":
+            raise ValueError("reduction='none' is not available with the semihard miner (one value per anchor-positive pair)")
+
+    def __repr__(self) -> str:
+        return f"SemiHardMiner(distance={self.distance!r}, max_class_size={self.max_class_size})"
+
+
 @MINERS.register("batch_all")
 class BatchAllMiner(Miner):
     """Every valid triplet, explicitly: ``Σ_c n_c(n_c − 1)(N − n_c)`` rows. For inspection, not for training."""
@@ -193,7 +233,7 @@ class OfflineMiner(_SeededMiner):
     """Hard triplets mined from a whole bank of descriptors (the study's offline hard mining), chunked.
 
     ``miner(bank, labels, anchors=None)`` returns one triplet per anchor with indices into the bank; rerun it each
-    epoch on fresh descriptors. See :func:`tripletkit.functional.miners.mine_offline` for the exact rules.
+    epoch on fresh descriptors. See [`tripletkit.functional.miners.mine_offline()`][tripletkit.functional.miners.mine_offline] for the exact rules.
     """
 
     per_anchor = False

@@ -1,7 +1,7 @@
 """Name-based registries: register by decorator, build from a name or a config dict, list what exists.
 
 Every configurable piece of tripletkit (distances, margin functions, miners, losses, samplers, schedulers) lives in
-a :class:`Registry`, so that a training script or a YAML/JSON config can name it::
+a [`Registry`][tripletkit.registry.Registry], so that a training script or a YAML/JSON config can name it::
 
     >>> from tripletkit import DISTANCES
     >>> DISTANCES.list()
@@ -11,7 +11,7 @@ a :class:`Registry`, so that a training script or a YAML/JSON config can name it
     >>> DISTANCES.build({"name": "cosine"})
     CosineDistance()
 
-An unknown name raises :class:`UnknownNameError` (a ``ValueError`` and a ``KeyError``) whose message lists the
+An unknown name raises [`UnknownNameError`][tripletkit.registry.UnknownNameError] (a ``ValueError`` and a ``KeyError``) whose message lists the
 valid names and the closest match.
 """
 
@@ -90,7 +90,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> Callable[..., T]:
-        """Return the factory registered under ``name``; :class:`UnknownNameError` if there is none."""
+        """Return the factory registered under ``name``; [`UnknownNameError`][tripletkit.registry.UnknownNameError] if there is none."""
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a str, got {type(name).__name__}")
         try:

@@ -73,15 +73,16 @@ class SymmetricSampler(Sampler[list[int]]):
             it is not drawn at this K) or ``"replace"`` (its samples are all used once, the rest of the K slots are
             drawn from it with replacement, so indices repeat inside that class's slots). A class with a single
             sample can never yield a positive and is never drawn.
-        rank, world_size: sharding for distributed runs: rank r takes batches r, r + W, r + 2W, … of the common
+        rank: sharding for distributed runs (with ``world_size`` W): rank r takes batches r, r + W, r + 2W, … of the common
             sequence, so shards are disjoint; every rank gets the same number of batches (the tail that does not
             divide evenly is dropped).
+        world_size: the number of replicas W (1: no sharding).
 
     Epochs: each epoch shuffles the usable classes and visits every one of them once, S at a time; the last batch is
     completed with other randomly chosen classes so that every batch has exactly S distinct classes. Within a class
     the K samples are drawn without replacement, afresh at every visit.
 
-    S and K may change at any time (:meth:`set_batch_shape`, driven by the stepped-batch scheduler): the next batch
+    S and K may change at any time (`set_batch_shape()`, driven by the stepped-batch scheduler): the next batch
     uses them, and the epoch still visits every remaining class. With a multi-worker DataLoader the change shows after
     the batches already prefetched. ``len()`` is the number of batches this rank gets at the current S.
     """

@@ -36,8 +36,8 @@ __all__ = ["SCHEDULERS", "SteppedBatchScheduler", "StageChange", "STUDY_STAGES"]
 SCHEDULERS: Registry[Any] = Registry("scheduler", check=lambda s: callable(getattr(s, "step", None)), expected="object with a step(loss) method")
 logger = logging.getLogger("tripletkit.schedulers")
 
-#: The study's schedule: batch sizes 32 → 64 → 128 → 256 → 512 → 1024, K growing 2 → 8.
 STUDY_STAGES: tuple[tuple[int, int], ...] = ((16, 2), (16, 4), (32, 4), (64, 4), (64, 8), (128, 8))
+"""The study's schedule: batch sizes 32 → 64 → 128 → 256 → 512 → 1024, K growing 2 → 8."""
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,14 @@ class SteppedBatchScheduler:
         stages: ``[(S, K), ...]`` in order; the run starts at the first. Each S ≥ 1, K ≥ 2.
         threshold: the loss under which the batch may grow. Default: the collapse value of ``margin_fn``.
         margin_fn: where the default threshold comes from: a margin name or config (``"hinge"``,
-            ``{"name": "hinge", "margin": 0.3}``), a :class:`~tripletkit.margins.MarginFunction`, or a tripletkit
+            ``{"name": "hinge", "margin": 0.3}``), a [`MarginFunction`][tripletkit.margins.MarginFunction], or a tripletkit
             loss (anything with ``collapse_value``).
         patience: consecutive steps the smoothed loss must stay below the threshold before advancing.
         smoothing: EMA factor β of the smoothed loss ``s ← β·s + (1 − β)·loss`` (bias-corrected as Adam does, and
             restarted at every stage change, since a new batch size shifts the loss). 0 disables smoothing.
         guard: go back one stage when, after a step up, the smoothed loss has stayed at or above the threshold
             for ``guard_patience`` steps (default ``patience``).
-        on_change: callbacks called with each :class:`StageChange`.
+        on_change: callbacks called with each [`StageChange`][tripletkit.schedulers.StageChange].
         sync_distributed: average each loss over the replicas (``torch.distributed`` all-reduce) before judging it,
             so that in a DDP run every replica holds the same state and changes stage at the same step. Without an
             initialised process group (or with world size 1) it changes nothing.
@@ -131,7 +131,7 @@ class SteppedBatchScheduler:
 
     @classmethod
     def study(cls, margin_fn: object = "hinge", **kwargs: Any) -> SteppedBatchScheduler:
-        """The study's schedule (:data:`STUDY_STAGES`) with the collapse value of ``margin_fn`` as threshold."""
+        """The study's schedule ([`STUDY_STAGES`][tripletkit.schedulers.STUDY_STAGES]) with the collapse value of ``margin_fn`` as threshold."""
         return cls(STUDY_STAGES, margin_fn=margin_fn, **kwargs)
 
     @staticmethod

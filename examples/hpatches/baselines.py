@@ -1,6 +1,6 @@
 """Descriptors for the results table: normalised raw pixels, SIFT (kornia's implementation), or a trained model.
 
-All take patches as ``{sequence: {type: (N, P, P) uint8}}`` and return a :class:`DescriptorSet`.
+All take patches as ``{sequence: {type: (N, P, P) uint8}}`` and return a `DescriptorSet`.
 """
 
 from __future__ import annotations

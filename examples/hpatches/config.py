@@ -1,9 +1,9 @@
 """The pipeline's configuration: every command-line flag, the study's presets as data, and ``resolve``.
 
-Every flag of ``train.py`` is declared in :func:`build_parser` and read in one place, :func:`resolve`, which turns the
-parsed namespace into a frozen :class:`Config`. Nothing else reads ``argparse`` output; the stages read the config.
+Every flag of ``train.py`` is declared in `build_parser()` and read in one place, `resolve()`, which turns the
+parsed namespace into a frozen `Config`. Nothing else reads ``argparse`` output; the stages read the config.
 Values that depend on the data (the denoiser's steps under ``--denoise-epochs``) are filled in by
-:meth:`Config.for_data`, which returns a new object, so ``config.json`` records what the run really used.
+`Config.for_data()`, which returns a new object, so ``config.json`` records what the run really used.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Config:
-    """One resolved run configuration (immutable: derive a changed one with :meth:`replace`)."""
+    """One resolved run configuration (immutable: derive a changed one with `replace()`)."""
 
     data: Path | None
     sequences: Path | None
@@ -155,8 +155,8 @@ def _stages_sk(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
-    """The namespace (plus ``overrides``, e.g. ``experiment=`` under ``--experiment all``) as a new :class:`Config`:
-    explicit flags win over the preset, the preset over :data:`DEFAULTS`."""
+    """The namespace (plus ``overrides``, e.g. ``experiment=`` under ``--experiment all``) as a new `Config`:
+    explicit flags win over the preset, the preset over `DEFAULTS`."""
     values = {**vars(ns), **overrides}
     preset = PRESETS.get(values["experiment"] or "", {})
     for key, default in DEFAULTS.items():

@@ -6,7 +6,7 @@ Formats (``docs/hpatches-data.md``):
   ``t1..t5``), each N patches of 65×65 stacked in one column; row i is the same physical patch in all 16.
 * N-HPatches: ``<root>/<sequence>/<type>.png`` (clean) and ``<type>_noise.png`` (noisy), 32×32 patches.
 
-In memory a :class:`PatchDataset` holds, per sequence, one uint8 array (16, N, s, s) of clean patches (and one of
+In memory a `PatchDataset` holds, per sequence, one uint8 array (16, N, s, s) of clean patches (and one of
 noisy patches for N-HPatches), at the network's size s = 32: 65×65 patches are resized with area interpolation
 (the mean over each output pixel's footprint). Loading keeps an on-disk cache (one ``.npz`` per sequence, keyed by
 the source files' sizes and modification times), so a second load of the 4.2 GB release takes seconds.

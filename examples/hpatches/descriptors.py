@@ -1,6 +1,6 @@
 """Descriptor sets in memory and in the benchmark's CSV layout (``<dir>/<sequence>/<type>.csv``).
 
-A :class:`DescriptorSet` maps sequence name → image type (``ref``, ``e1`` … ``t5``) → (N, D) float32 array; row i of
+A `DescriptorSet` maps sequence name → image type (``ref``, ``e1`` … ``t5``) → (N, D) float32 array; row i of
 every type of a sequence describes the same physical patch. CSV files have no header, one descriptor per row, ``,``
 (the python benchmark's default) or ``;`` (MATLAB, N-HPatches) as delimiter.
 """

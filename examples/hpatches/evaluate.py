@@ -4,7 +4,7 @@ defines them (hpatches-benchmark, ``python/utils/tasks.py``; restated in docs/hp
     python examples/hpatches/evaluate.py --descr-dir DIR --tasks TASKDIR --split a [--delimiter ,]
         [--ties reference|pessimistic] [--json OUT] [--figure OUT.png]
 
-From Python: ``evaluate(descriptors, tasks_dir, split)`` on a :class:`DescriptorSet` held in memory.
+From Python: ``evaluate(descriptors, tasks_dir, split)`` on a `DescriptorSet` held in memory.
 
 Numbers are fractions in [0, 1], aggregated as the benchmark reports them: verification = mean of the six
 imbalanced APs ({inter, intra} × {e, h, t}); matching = mean AP over all (sequence, level, image 1–5); retrieval =

@@ -1,12 +1,12 @@
 """The study's networks for 32×32 patches: U-Net denoisers and the L2-Net descriptor (HardNet's layout).
 
-* :class:`L2Net`: the HardNet/L2-Net trunk, layer for layer as in DagnyT/hardnet ``HardNet`` (so that the
+* `L2Net`: the HardNet/L2-Net trunk, layer for layer as in DagnyT/hardnet ``HardNet`` (so that the
   ``features.<i>.*`` state-dict keys load HardNet checkpoints): 7 convolutions without bias, BatchNorm without affine
   parameters, ReLU, Dropout(0.3) before the last 8×8 convolution, per-patch input normalisation inside ``forward``
   (detached mean and unbiased std, eps 1e-7) and an L2-normalised 128-D output. Orthogonal init (gain 0.6).
-* :class:`ShallowUNet`: the N-HPatches coursework baseline denoiser (conv16 → pool → conv32 → up → conv64 2×2 → concat
+* `ShallowUNet`: the N-HPatches coursework baseline denoiser (conv16 → pool → conv32 → up → conv64 2×2 → concat
   → conv64 → conv1), 59,777 parameters.
-* :class:`DeepUNet`: 3 down / 3 up levels (the study's deeper U-Net, after Ronneberger et al. with "same" padding):
+* `DeepUNet`: 3 down / 3 up levels (the study's deeper U-Net, after Ronneberger et al. with "same" padding):
   two conv3×3+BN+ReLU per level, max-pool down, transposed-conv up, skip concatenation.
 
 Both denoisers take and return patches on the 0–255 scale and may predict the residual (``residual=True``: output =
@@ -27,7 +27,7 @@ class FastDropout(nn.Dropout):
 
     ``torch.bernoulli_`` draws one generator call per element and was 14 % of an L2-Net training step on CPU (148 ms
     for a 1024×128×8×8 activation on 2 cores); this mask costs 45 ms. The drop probability is rounded to a multiple of
-    2⁻¹⁶ (0.3 → 0.300003); kept values are scaled by 1/(1 − p) as in :class:`torch.nn.Dropout`, so eval mode and the
+    2⁻¹⁶ (0.3 → 0.300003); kept values are scaled by 1/(1 − p) as in `torch.nn.Dropout`, so eval mode and the
     state dict are unchanged. Other devices (and ``inplace=True``) use the stock implementation.
     """
 
@@ -77,7 +77,7 @@ class L2Net(nn.Module):
 class CourseworkDescriptor(nn.Module):
     """The N-HPatches coursework's descriptor (the study's starting point): L2-Net's layout, but convolutions with
     bias, BatchNorm *with* affine parameters, raw 0–255 input and no L2 normalisation of the 128-D output. Unlike
-    :class:`L2Net` it can collapse: the affine BN can scale every output to the same point."""
+    `L2Net` it can collapse: the affine BN can scale every output to the same point."""
 
     def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()

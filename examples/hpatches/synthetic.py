@@ -4,7 +4,7 @@
 (images 2–6 are the photograph warped by random homographies of growing strength, with mild photometric changes)
 and an illumination sequence ``i_<name>`` (identity homographies, strong photometric changes: gamma, gain, offset,
 a smooth shading ramp and sensor noise). The sequences then go through exactly the HPatches extraction protocol
-(:mod:`tripletkit_hpatches.extract`).
+(`tripletkit_hpatches.extract`).
 """
 
 from __future__ import annotations

@@ -7,15 +7,15 @@
 
 Stages (``--stages denoise,descriptor,evaluate``) read the previous stage's output from the run folder:
 
-* ``denoise`` (:mod:`~tripletkit_hpatches.stages.denoise`): a U-Net trained with L1 on (noisy, clean) pairs, then
+* ``denoise`` (`denoise`): a U-Net trained with L1 on (noisy, clean) pairs, then
   applied to every patch (``denoised.npz``). Data without noise is noised first with our documented noise model.
-* ``descriptor`` (:mod:`~tripletkit_hpatches.stages.descriptor`): L2-Net on S×K batches that grow with the
+* ``descriptor`` (`descriptor`): L2-Net on S×K batches that grow with the
   stepped-batch schedule, a collapse probe, atomic checkpoints; ``--resume`` continues exactly.
-* ``evaluate`` (:mod:`~tripletkit_hpatches.stages.evaluate`): the three HPatches tasks for our descriptor, SIFT and
-  raw pixels; ``results.md``, ``results.json`` and figures (:mod:`~tripletkit_hpatches.reports`).
+* ``evaluate`` (`evaluate`): the three HPatches tasks for our descriptor, SIFT and
+  raw pixels; ``results.md``, ``results.json`` and figures (`reports`).
 
-Every flag is declared and read in :mod:`~tripletkit_hpatches.config`; devices, precision and DDP are in
-:mod:`~tripletkit_hpatches.runtime`. ``config.json`` records the resolved configuration the run used. Numbers on the
+Every flag is declared and read in `config`; devices, precision and DDP are in
+`runtime`. ``config.json`` records the resolved configuration the run used. Numbers on the
 embedded default are on SYNTHETIC data and say so.
 
 Several processes: ``torchrun --nproc_per_node=W examples/hpatches/train.py ...`` trains with DDP (gloo on CPU, nccl

@@ -25,6 +25,7 @@ from .miners import (
     label_masks,
     mine_offline,
     random_triplets,
+    semihard_triplets,
 )
 from .reductions import REDUCTIONS, reduce_losses
 
@@ -48,6 +49,7 @@ __all__ = [
     "random_triplets",
     "reduce_losses",
     "safe_sqrt",
+    "semihard_triplets",
     "softplus",
     "squared_euclidean_matrix",
     "squared_euclidean_paired",

@@ -3,11 +3,11 @@
 Notation: ``d`` is the chosen distance (plain Euclidean by default, never squared or normalised unless asked),
 ``h`` the margin function with margin ``m`` (``h(gap) = [m + gap]₊`` or ``ln(1 + exp(m + gap))``).
 
-* :func:`triplet_margin_loss`: ``h(d(a, p) − d(a, n))`` for given index triplets.
-* :func:`batch_hard_triplet_loss`: Hermans et al. 2017, eq. 5:
+* [`triplet_margin_loss()`][tripletkit.functional.losses.triplet_margin_loss]: ``h(d(a, p) − d(a, n))`` for given index triplets.
+* [`batch_hard_triplet_loss()`][tripletkit.functional.losses.batch_hard_triplet_loss]: Hermans et al. 2017, eq. 5:
   ``L_BH = 1/|A| Σ_{a ∈ A} h( max_{p ∈ P(a)} d(a, p) − min_{n ∈ N(a)} d(a, n) )``, where ``A`` are the anchors that
   have at least one positive and one negative (others are left out of the sum and the denominator).
-* :func:`batch_all_triplet_loss`: Hermans et al. 2017, eq. 6: ``Σ_{(a,p,n) valid} h(d(a, p) − d(a, n))`` divided by
+* [`batch_all_triplet_loss()`][tripletkit.functional.losses.batch_all_triplet_loss]: Hermans et al. 2017, eq. 6: ``Σ_{(a,p,n) valid} h(d(a, p) − d(a, n))`` divided by
   the number of valid triplets (``mean``) or of triplets with positive loss (``mean_active``).
 
 Half-precision embeddings are computed in float32; the result is float32 (float64 for float64 input).
@@ -78,7 +78,7 @@ def batch_hard_triplet_loss(
     Mining runs without gradient on an O(N²) ranking matrix; the loss then recomputes the 2N chosen distances from
     the embeddings, which is what the max/min's gradient touches anyway. ``swap`` is HardNet's anchor swap: the
     negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
-    ``max_class_size``: the largest class in the batch (``K`` for S×K batches), see :func:`mine_batch_hard`.
+    ``max_class_size``: the largest class in the batch (``K`` for S×K batches), see [`mine_batch_hard()`][tripletkit.functional.miners.mine_batch_hard].
     """
     x = compute_dtype(embeddings)
     triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap, max_class_size=max_class_size)
@@ -186,7 +186,7 @@ def batch_all_triplet_loss(
             (for ``torch.compile`` and XLA); when None it is read from the labels (one host sync). A larger class is
             an error.
         block_elements: triplets evaluated per anchor block (memory knob; 4M ≈ 16 MiB per float32 temporary).
-        return_stats: also return :class:`BatchAllStats`.
+        return_stats: also return [`BatchAllStats`][tripletkit.functional.losses.BatchAllStats].
 
     Cost: O(N²·K) time, i.e. O(number of triplets), and O(N² + block_elements) memory; no N×N label mask.
     """

@@ -2,16 +2,16 @@
 
 A *valid triplet* ``(a, p, n)`` has ``label[p] == label[a]``, ``p != a`` and ``label[n] != label[a]``.
 
-The in-batch miners (``random``, ``batch_hard``) return one triplet per anchor as a :class:`Triplets` of static
+The in-batch miners (``random``, ``batch_hard``) return one triplet per anchor as a [`Triplets`][tripletkit.functional.miners.Triplets] of static
 shape (N,): anchors that have no positive or no negative get ``valid = False`` (their indices are arbitrary but in
 range). They use masked reductions only (no boolean-mask indexing, no ``nonzero``, no ``.item()``), so they trace
 under ``torch.compile`` and torch-xla with one graph per batch shape.
 
 ``batch_all`` is every valid triplet. Listing them costs O(N³) memory, so the losses never do; the pair masks
-(:func:`label_masks`) define the set, :func:`batch_all_triplet_count` counts it and :func:`iter_batch_all_triplets`
+([`label_masks()`][tripletkit.functional.miners.label_masks]) define the set, [`batch_all_triplet_count()`][tripletkit.functional.miners.batch_all_triplet_count] counts it and [`iter_batch_all_triplets()`][tripletkit.functional.miners.iter_batch_all_triplets]
 lists it in anchor blocks for inspection.
 
-:func:`mine_offline` mines a whole dataset's descriptor bank in chunks (never an M×M matrix).
+[`mine_offline()`][tripletkit.functional.miners.mine_offline] mines a whole dataset's descriptor bank in chunks (never an M×M matrix).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "ClassMembers",
     "class_members",
     "random_triplets",
+    "semihard_triplets",
     "batch_all_triplet_count",
     "iter_batch_all_triplets",
     "mine_offline",
@@ -68,7 +69,7 @@ def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor |
 
     Args:
         ranking: (N, N) matrix that orders each row like the distance (the distance itself, or a monotone transform
-            minus a per-row constant, see :func:`~tripletkit.functional.distances.squared_euclidean_ranking`).
+            minus a per-row constant, see [`squared_euclidean_ranking()`][tripletkit.functional.distances.squared_euclidean_ranking]).
         labels: (N,) integer labels.
         row_offset: per-row constant that turns ``ranking`` into a monotone transform of the distance that is
             comparable across rows; needed only for ``swap``.
@@ -135,7 +136,7 @@ def _sorted_classes(labels: Tensor) -> _SortedClasses:
 
 
 def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMembers:
-    """:class:`ClassMembers` of ``labels``; ``max_class_size`` (``K`` for S×K batches) keeps the shape static,
+    """[`ClassMembers`][tripletkit.functional.miners.ClassMembers] of ``labels``; ``max_class_size`` (``K`` for S×K batches) keeps the shape static,
     otherwise it is read from the labels (one host sync). A class larger than ``max_class_size`` is an error."""
     n = labels.shape[0]
     device = labels.device
@@ -163,12 +164,12 @@ def batch_hard_triplets_factored(
     max_class_size: int | None = None,
     block_elements: int = 1 << 18,
 ) -> Triplets:
-    """:func:`batch_hard_triplets` for a ranking given in factored form ``R = left @ right.T``, in row blocks.
+    """[`batch_hard_triplets()`][tripletkit.functional.miners.batch_hard_triplets] for a ranking given in factored form ``R = left @ right.T``, in row blocks.
 
     Each block of rows is computed and reduced while it is still in cache, and the class structure enters through
-    :func:`class_members` (a gather for the positives, a scatter of +inf over the own class for the negatives), so
+    [`class_members()`][tripletkit.functional.miners.class_members] (a gather for the positives, a scatter of +inf over the own class for the negatives), so
     the N×N ranking and label masks are never materialised: the work is one GEMM plus one min-reduction pass, and the
-    extra memory O(block_elements + N·K). ``max_class_size`` as in :func:`class_members`; results do not depend on
+    extra memory O(block_elements + N·K). ``max_class_size`` as in [`class_members()`][tripletkit.functional.miners.class_members]; results do not depend on
     ``block_elements``.
     """
     n = left.shape[0]
@@ -200,7 +201,7 @@ def mine_batch_hard(
 ) -> Triplets:
     """Batch-hard mining on embeddings with any distance.
 
-    Fast path: blocked on the distance's factored ranking with the class structure from :func:`class_members`
+    Fast path: blocked on the distance's factored ranking with the class structure from [`class_members()`][tripletkit.functional.miners.class_members]
     (needs ``max_class_size``, or reads it from the labels in eager mode). While ``torch.compile`` traces without a
     ``max_class_size``, or for a distance without factors, the dense masked path keeps every shape static.
     """
@@ -213,6 +214,48 @@ def mine_batch_hard(
     ranking, offset = distance.ranking(x)
     return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
+
+
+@torch.no_grad()
+def semihard_triplets(
+    dist: Tensor, labels: Tensor, *, max_class_size: int | None = None, block_elements: int = 1 << 22
+) -> Triplets:
+    """FaceNet's in-batch semi-hard negatives (Schroff et al. 2015), as TensorFlow Addons defines them.
+
+    One triplet per anchor-positive pair ``(a, p)``, ``p ≠ a`` of the same class: the negative is the nearest
+    negative *farther* than the positive (``d(a, n) > d(a, p)``, strictly), or the farthest negative when no negative
+    is farther. Pairs of an anchor without negatives are invalid. Among equally distant candidates the smallest index
+    wins.
+
+    Args:
+        dist: (N, N) distances (any row-wise monotone transform of them gives the same triplets).
+        labels: (N,) integer labels.
+        max_class_size: ``K`` for S×K batches, as in [`class_members()`][tripletkit.functional.miners.class_members].
+        block_elements: (anchor, positive, candidate) entries evaluated at once (a memory knob).
+
+    Returns ``N × max_class_size`` rows in anchor-major order (padding slots are invalid). Cost: O(N²·K) time in
+    anchor blocks, O(N² + block_elements) memory, static shapes; the N×N×N triplet mask is never built.
+    """
+    n = dist.shape[0]
+    cm = class_members(labels, max_class_size)
+    k = cm.members.shape[1]
+    # the own class (self included) is never a negative: +inf there is "farther" than any positive, and is only
+    # chosen when no real negative is farther, which the inf value then reveals
+    neg = dist.scatter(1, cm.members, float("inf"))
+    d_ap = dist.gather(1, cm.members)
+    semi = torch.empty((n, k), dtype=torch.long, device=dist.device)
+    found = torch.empty((n, k), dtype=torch.bool, device=dist.device)
+    rows = max(1, block_elements // max(1, k * n))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        cand = neg[r0:r1, None, :]
+        val, idx = torch.where(cand > d_ap[r0:r1, :, None], cand, float("inf")).min(2)
+        semi[r0:r1], found[r0:r1] = idx, val < float("inf")
+    farthest = neg.masked_fill(torch.isinf(neg), float("-inf")).max(1).indices
+    negative = torch.where(found, semi, farthest[:, None])
+    valid = cm.positive & (cm.class_size < n)[:, None]
+    anchor = torch.arange(n, device=dist.device)[:, None].expand_as(negative)
+    return Triplets(anchor.reshape(-1), cm.members.reshape(-1), negative.reshape(-1), valid.reshape(-1))
 
 def _random_other_member(sc: _SortedClasses, rows: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     """A uniformly random member of each row's class other than the row itself (u: uniforms in [0, 1))."""
@@ -313,7 +356,7 @@ def mine_offline(
         generator: for ``positive="random"``.
 
     Returns:
-        :class:`Triplets` with one row per anchor, indices into the bank; anchors whose class has a single member or
+        [`Triplets`][tripletkit.functional.miners.Triplets] with one row per anchor, indices into the bank; anchors whose class has a single member or
         covers the whole bank are ``valid = False``.
     """
     if positive not in ("hardest", "random"):

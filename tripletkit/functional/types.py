@@ -11,7 +11,7 @@ __all__ = ["DistanceLike", "MarginLike"]
 
 @runtime_checkable
 class DistanceLike(Protocol):
-    """What a distance provides (see :mod:`tripletkit.distances` for the built-in ones)."""
+    """What a distance provides (see [`tripletkit.distances`][tripletkit.distances] for the built-in ones)."""
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """(N, M) distances, differentiable."""

@@ -60,7 +60,7 @@ class TripletLossBase(nn.Module):
         return check_labels(labels, embeddings.shape[0], device=embeddings.device)
 
     def _gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The global batch when ``gather_distributed`` (see :mod:`tripletkit.distributed`), else the inputs."""
+        """The global batch when ``gather_distributed`` (see [`tripletkit.distributed`][tripletkit.distributed]), else the inputs."""
         if self.gather_distributed and is_distributed():
             embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
             if embeddings.shape[0] < 2:

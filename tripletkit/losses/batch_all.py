@@ -33,11 +33,15 @@ class BatchAllLoss(TripletLossBase):
       distance matrix is accumulated on the way, so peak memory is O(N² + block_elements), never O(N³).
 
     Args:
-        margin, margin_fn, distance, validate, gather_distributed: as in :class:`~tripletkit.BatchHardLoss`.
+        margin: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        margin_fn: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        distance: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
         reduction: ``"mean"``, ``"mean_active"`` or ``"sum"``.
         max_class_size: the largest class in any batch (``K`` for S×K batches); keeps all shapes static (no host
             sync) for ``torch.compile``/XLA. Default: read from the labels. A larger class is a ``ValueError``.
         block_elements: triplets per anchor block.
+        validate: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        gather_distributed: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
 
     Example::
 

@@ -39,14 +39,14 @@ class BatchHardLoss(TripletLossBase):
 
     Args:
         margin: ``m``; default 0.2 for the hinge, 0 for the soft margin. Must be finite and ≥ 0.
-        margin_fn: ``"hinge"``, ``"softplus"``, a config dict or a :class:`~tripletkit.margins.MarginFunction`.
+        margin_fn: ``"hinge"``, ``"softplus"``, a config dict or a [`MarginFunction`][tripletkit.margins.MarginFunction].
         distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, a config dict or a distance object.
         reduction: ``"mean"``, ``"mean_active"``, ``"sum"`` or ``"none"``.
         swap: anchor swap.
         max_class_size: the largest class in any batch (``K`` for S×K batches): keeps shapes static under
             ``torch.compile``/XLA while using the fast mining path. Default: read from the labels in eager mode.
         validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
-        gather_distributed: mine over the batches of all replicas (:mod:`tripletkit.distributed`: the gradient
+        gather_distributed: mine over the batches of all replicas ([`tripletkit.distributed`][tripletkit.distributed]: the gradient
             reaches the local slice only and is scaled by the world size, so DDP's average equals one process on
             the concatenated batch).
 

@@ -21,19 +21,19 @@ class TripletLoss(TripletLossBase):
 
     .. math:: L = \frac{1}{Z} \sum_{(a,p,n) \in T} h\big(d(x_a, x_p) - d(x_a, x_n)\big)
 
-    * **triplets** ``T``: from ``miner`` (a registered name, a config dict or a :class:`~tripletkit.miners.Miner`)
+    * **triplets** ``T``: from ``miner`` (a registered name, a config dict or a [`Miner`][tripletkit.miners.Miner])
       called on ``(embeddings, labels)``, or passed to ``forward`` as ``triplets=(anchor, positive, negative)`` index
-      tensors (e.g. from the offline miner). ``miner="batch_hard"`` is :class:`~tripletkit.BatchHardLoss` and
-      ``miner="batch_all"`` is :class:`~tripletkit.BatchAllLoss` (the streamed path); the default ``"random"`` is the
+      tensors (e.g. from the offline miner). ``miner="batch_hard"`` is [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss] and
+      ``miner="batch_all"`` is [`BatchAllLoss`][tripletkit.losses.batch_all.BatchAllLoss] (the streamed path); the default ``"random"`` is the
       random-triplet baseline: one random positive and negative per anchor.
     * **invalid triplets** (an anchor without a positive or negative; given triplets whose labels, when ``labels``
       are passed, are not same/same/different) are left out of the sum and of ``Z``.
-    * **denominator** ``Z``: as in :class:`~tripletkit.BatchHardLoss` (``mean``: valid triplets; ``mean_active``:
+    * **denominator** ``Z``: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss] (``mean``: valid triplets; ``mean_active``:
       triplets with loss > 0); 0 (with gradient) when ``T`` is empty.
     * **distance**: computed from the row differences of the chosen pairs (exact near zero).
     * **swap**: ``min(d(a, n), d(p, n))`` as the negative distance (Balntas et al. 2016); with ``batch_hard`` it is
-      HardNet's version (see :class:`~tripletkit.BatchHardLoss`).
-    * **gather_distributed**: mined losses see every replica's batch (:mod:`tripletkit.distributed`); given
+      HardNet's version (see [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss]).
+    * **gather_distributed**: mined losses see every replica's batch ([`tripletkit.distributed`][tripletkit.distributed]); given
       triplets index the local batch and are not gathered.
 
     Example::

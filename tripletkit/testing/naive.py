@@ -49,3 +49,22 @@ def naive_batch_all(x, labels, margin=0.2, margin_fn="hinge", kind="euclidean", 
         return loss.sum()
     denom = valid.sum() if reduction == "mean" else (loss > 0).sum()
     return loss.sum() / denom.clamp_min(1)
+
+
+def naive_semihard(x, labels, margin=0.2, margin_fn="hinge", kind="euclidean"):
+    """Semi-hard (FaceNet / TFA) over the dense (a, p, n) tensor: per pair, the nearest negative farther than the
+    positive, else the farthest negative; the mean over the pairs whose anchor has a negative."""
+    d = dense_distance(x, kind)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=x.device)
+    pos = same & ~eye
+    neg = ~same
+    d_ap, d_an = d[:, :, None], d[:, None, :]
+    farther = neg[:, None, :] & (d_an > d_ap)
+    inf = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
+    semi = torch.where(farther, d_an.expand_as(farther), inf).min(2).values
+    farthest = torch.where(neg, d, -inf).max(1).values[:, None].expand_as(semi)
+    chosen = torch.where(farther.any(2), semi, farthest)
+    valid = pos & neg.any(1)[:, None]
+    loss = torch.where(valid, _h(margin + d - chosen, margin_fn), torch.zeros_like(d))
+    return loss.sum() / valid.sum().clamp_min(1)

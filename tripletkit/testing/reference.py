@@ -128,3 +128,23 @@ def class_triplet_count(labels) -> int:
     labels = list(labels)
     n = len(labels)
     return sum(labels.count(c) * (labels.count(c) - 1) * (n - labels.count(c)) for c in set(labels))
+
+
+def semihard(x, labels, *, margin=1.0, kind="euclidean"):
+    """FaceNet's semi-hard loss as TensorFlow Addons defines it, loop by loop: for every anchor-positive pair
+    (p ≠ a), the nearest negative strictly farther than the positive, else the farthest negative; the hinge
+    [m + d(a, p) − d(a, n)]₊ averaged over the pairs whose anchor has a negative (0 when there is none)."""
+    n = len(labels)
+    values = []
+    for a in range(n):
+        negs = [distance(x[a], x[k], kind) for k in range(n) if labels[k] != labels[a]]
+        if not negs:
+            continue
+        for p in range(n):
+            if p == a or labels[p] != labels[a]:
+                continue
+            d_ap = distance(x[a], x[p], kind)
+            farther = [d for d in negs if d > d_ap]
+            d_an = min(farther) if farther else max(negs)
+            values.append(max(0.0, margin + d_ap - d_an))
+    return sum(values) / len(values) if values else 0.0

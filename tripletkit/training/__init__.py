@@ -1,10 +1,10 @@
 """Building blocks for a stepped-batch training loop, for any model and any labelled dataset.
 
-* :class:`SteppedBatches`: S×K index batches whose shape follows the stepped-batch schedule (sampler + scheduler).
-* :class:`CollapseProbe` and :func:`probe_indices`: a fixed probe batch judged in eval mode by a collapse monitor.
-* :class:`TrainingCheckpoint`: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
+* [`SteppedBatches`][tripletkit.training.batches.SteppedBatches]: S×K index batches whose shape follows the stepped-batch schedule (sampler + scheduler).
+* [`CollapseProbe`][tripletkit.training.probe.CollapseProbe] and [`probe_indices()`][tripletkit.training.probe.probe_indices]: a fixed probe batch judged in eval mode by a collapse monitor.
+* [`TrainingCheckpoint`][tripletkit.training.checkpoint.TrainingCheckpoint]: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
   written atomically and loaded without unpickling code.
-* :mod:`~tripletkit.training.atomic` and :mod:`~tripletkit.training.rng`: the atomic writes and RNG states they
+* [`atomic`][tripletkit.training.atomic] and [`rng`][tripletkit.training.rng]: the atomic writes and RNG states they
   use, for a loop's other outputs.
 
 A plain PyTorch loop (the README's example)::

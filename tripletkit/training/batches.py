@@ -20,9 +20,9 @@ __all__ = ["SteppedBatches"]
 class SteppedBatches:
     """An endless iterator of S×K index batches whose shape follows the stepped-batch schedule.
 
-    It owns a :class:`~tripletkit.SymmetricSampler` (which classes and samples each batch holds) and a
-    :class:`~tripletkit.SteppedBatchScheduler` (when the batch grows). The training loop draws a batch, computes the
-    loss and hands it back with :meth:`step`; on a stage change the next batch has the new (S, K). Epochs restart by
+    It owns a [`SymmetricSampler`][tripletkit.samplers.SymmetricSampler] (which classes and samples each batch holds) and a
+    [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler] (when the batch grows). The training loop draws a batch, computes the
+    loss and hands it back with `step()`; on a stage change the next batch has the new (S, K). Epochs restart by
     themselves: ``next()`` never raises ``StopIteration``.
 
     Args:
@@ -30,17 +30,22 @@ class SteppedBatches:
         stages: ``[(S, K), ...]``; the run starts at the first. One stage is a fixed S×K batch (no growth).
         margin_fn: the loss (or margin function / name) whose collapse value is the threshold; or give
             ``threshold``.
-        threshold, patience, smoothing, guard, guard_patience: as in :class:`~tripletkit.SteppedBatchScheduler`.
-        judge_every: hand the losses to the scheduler every n steps instead of every step. :meth:`step` then keeps
+        threshold: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
+        patience: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
+        smoothing: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
+        guard: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler], but on by default.
+        guard_patience: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
+        judge_every: hand the losses to the scheduler every n steps instead of every step. `step()` then keeps
             the loss tensors on their device and reads all n with one device-to-host transfer (one all-reduce under
             DDP), which keeps the step of a torch-xla or CUDA loop free of host syncs. The scheduler sees the same
             losses in the same order; a stage change takes effect up to n − 1 steps later than with ``judge_every=1``.
         seed: the sampler's seed. Every batch is a function of ``(seed, epoch, batch index)``.
         small_classes: the sampler's policy for classes with fewer than K samples (``"skip"`` or ``"replace"``).
-        rank, world_size: sharding; default: from the initialised ``torch.distributed`` process group (else 0, 1).
+        rank: this replica; default: from the initialised ``torch.distributed`` process group (else 0).
+        world_size: the replicas; default: from the process group (else 1).
             Under DDP each replica draws its own shard and the scheduler judges the replicas' *mean* loss, so all
             replicas change stage at the same step.
-        on_change: callbacks called with each :class:`~tripletkit.StageChange`.
+        on_change: callbacks called with each [`StageChange`][tripletkit.schedulers.StageChange].
 
     ``state_dict()`` holds the sampler position (epoch, batch index), the scheduler and the losses not yet judged;
     the sampler has no other random state, so ``load_state_dict`` continues with exactly the batch an uninterrupted

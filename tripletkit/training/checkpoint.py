@@ -50,7 +50,7 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The newest readable checkpoint at ``path``: ``path`` itself or, with a warning, the one kept before it.
 
-    Raises :class:`CheckpointError` (naming both files) when neither is usable, ``FileNotFoundError`` when neither
+    Raises [`CheckpointError`][tripletkit.training.checkpoint.CheckpointError] (naming both files) when neither is usable, ``FileNotFoundError`` when neither
     exists.
     """
     path = Path(path)
@@ -93,8 +93,8 @@ class TrainingCheckpoint:
             with a warning, when the newer one is unreadable.
         model: the model (its ``state_dict``; pass the unwrapped module, not the DDP or compiled wrapper).
         optimizer: the optimiser, or None.
-        stateful: named objects with ``state_dict``/``load_state_dict`` (a :class:`~tripletkit.training.SteppedBatches`,
-            a seeded miner, a :class:`~tripletkit.training.CollapseProbe`, a learning-rate scheduler) or
+        stateful: named objects with ``state_dict``/``load_state_dict`` (a [`SteppedBatches`][tripletkit.training.batches.SteppedBatches],
+            a seeded miner, a [`CollapseProbe`][tripletkit.training.probe.CollapseProbe], a learning-rate scheduler) or
             ``torch.Generator`` objects. They are saved *per rank*, like the global RNGs (torch, NumPy, Python, and
             CUDA or XLA for ``device``), since each replica has its own.
         device: where the accelerator RNG lives; default: the device of the model's first parameter.

@@ -1,4 +1,4 @@
-"""The collapse probe: a fixed batch whose eval-mode embeddings a :class:`~tripletkit.CollapseMonitor` judges."""
+"""The collapse probe: a fixed batch whose eval-mode embeddings a [`CollapseMonitor`][tripletkit.diagnostics.CollapseMonitor] judges."""
 
 from __future__ import annotations
 
@@ -39,13 +39,13 @@ class CollapseProbe:
     restored afterwards, and no gradient is recorded.
 
     Args:
-        monitor: a :class:`~tripletkit.CollapseMonitor`, or what one is built from (the loss, a margin name).
+        monitor: a [`CollapseMonitor`][tripletkit.diagnostics.CollapseMonitor], or what one is built from (the loss, a margin name).
         inputs: the probe batch's model inputs (on the model's device), e.g. ``x[probe_indices(labels)]``.
         labels: the probe batch's labels.
         every: judge at steps ``every, 2·every, …`` (``step % every == 0``).
         embed: how to get embeddings from ``model(inputs)`` (default: the output itself).
 
-    ``probe(model, step, loss)`` returns the :class:`~tripletkit.diagnostics.EmbeddingStats` at a judged step, else
+    ``probe(model, step, loss)`` returns the [`EmbeddingStats`][tripletkit.diagnostics.EmbeddingStats] at a judged step, else
     None. The monitor's ``history`` holds them all; ``state_dict`` keeps the monitor's reference distance so that a
     resumed run judges against the same reference.
 

@@ -31,7 +31,7 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Restore what :func:`rng_state` returned. A state that does not fit raises ``ValueError`` before any change."""
+    """Restore what [`rng_state()`][tripletkit.training.rng.rng_state] returned. A state that does not fit raises ``ValueError`` before any change."""
     try:
         torch_state = state["torch"]
         np_state = state["numpy"]

@@ -1,8 +1,8 @@
 """Stage 2: L2-Net trained on the denoised training patches with S×K batches, a miner and stepped batch.
 
-The loop is tripletkit's training blocks: :class:`~tripletkit.training.SteppedBatches` draws the batches and grows
-them, :class:`~tripletkit.training.CollapseProbe` watches a fixed probe batch in eval mode, and
-:class:`~tripletkit.training.TrainingCheckpoint` makes ``--resume`` exact. What is left here is the HPatches part:
+The loop is tripletkit's training blocks: `SteppedBatches` draws the batches and grows
+them, `CollapseProbe` watches a fixed probe batch in eval mode, and
+`TrainingCheckpoint` makes ``--resume`` exact. What is left here is the HPatches part:
 the patch bank, augmentation, the offline miner and the matching-mAP learning curve.
 """
 
