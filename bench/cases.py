@@ -52,8 +52,11 @@ def _pml_case(loss: str, margin_fn: str) -> Callable[[torch.Tensor, torch.Tensor
     if loss == "random":
         # PML's random triplets: TripletMarginLoss(triplets_per_anchor=1) samples one triplet per anchor
         rnd = losses.TripletMarginLoss(
-            margin=MARGINS[margin_fn], distance=dist, reducer=reducers.MeanReducer(),
-            smooth_loss=margin_fn == "softplus", triplets_per_anchor=1,
+            margin=MARGINS[margin_fn],
+            distance=dist,
+            reducer=reducers.MeanReducer(),
+            smooth_loss=margin_fn == "softplus",
+            triplets_per_anchor=1,
         )
         return lambda x, y: rnd(x, y)
     raise ValueError(loss)
@@ -63,9 +66,11 @@ def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, t
     """A callable (x, labels) -> loss for ``impl`` in ours / naive / pml, or the floor."""
     m = MARGINS[margin_fn]
     if impl == "floor":
+
         def floor(x: torch.Tensor, y: torch.Tensor) -> None:
             with torch.no_grad():
                 squared_euclidean_matrix(x)
+
         return floor
     if impl == "ours":
         fn = {

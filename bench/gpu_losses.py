@@ -32,7 +32,9 @@ def pml_case(loss: str, margin_fn: str):
     except ImportError:
         return None
     dist = distances.LpDistance(normalize_embeddings=False, p=2, power=1)
-    fn = losses.TripletMarginLoss(margin=MARGINS[margin_fn], distance=dist, reducer=reducers.MeanReducer(), smooth_loss=margin_fn == "softplus")
+    fn = losses.TripletMarginLoss(
+        margin=MARGINS[margin_fn], distance=dist, reducer=reducers.MeanReducer(), smooth_loss=margin_fn == "softplus"
+    )
     if loss == "batch_hard":
         miner = miners.BatchHardMiner(distance=dist)
         return lambda x, y: fn(x, y, miner(x, y))
@@ -95,7 +97,9 @@ def correctness(device) -> list[dict]:
         for margin_fn in MARGINS:
             ref = ours_case(loss, margin_fn)(x64, y).item()
             dev = ours_case(loss, margin_fn)(x64.float().to(device), y.to(device)).item()
-            rows.append({"check": f"{loss}/{margin_fn} {device.type} float32 vs cpu float64", "abs_diff": abs(dev - ref)})
+            rows.append(
+                {"check": f"{loss}/{margin_fn} {device.type} float32 vs cpu float64", "abs_diff": abs(dev - ref)}
+            )
     # torch.compile parity on the device (inductor), forward and gradient
     for loss in ("batch_hard", "batch_all"):
         eager, comp = ours_case(loss, "hinge"), ours_case(loss, "hinge", compiled=True)
@@ -105,8 +109,13 @@ def correctness(device) -> list[dict]:
         la, lb = eager(a, yy), comp(b, yy)
         la.backward()
         lb.backward()
-        rows.append({"check": f"{loss} torch.compile vs eager on {device.type}", "abs_diff": abs(la.item() - lb.item()),
-                     "grad_max_abs_diff": (a.grad - b.grad).abs().max().item()})
+        rows.append(
+            {
+                "check": f"{loss} torch.compile vs eager on {device.type}",
+                "abs_diff": abs(la.item() - lb.item()),
+                "grad_max_abs_diff": (a.grad - b.grad).abs().max().item(),
+            }
+        )
     return rows
 
 
@@ -121,8 +130,11 @@ def main() -> None:
     sizes_ba = [256, 1024] if a.quick else [1024, 4096, 8192]
     pml_ba_max = 1024 if a.quick else 4096
     reps = 3 if a.quick else 20
-    info = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    info = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     try:
         import pytorch_metric_learning
 
@@ -144,7 +156,9 @@ def main() -> None:
                     pml = pml_case(loss, margin_fn) if loss != "random" else None
                     if pml is not None and dtype == torch.float32 and not (loss == "batch_all" and n > pml_ba_max):
                         try:
-                            row["pml_ms"], row["pml_mib"] = timed(pml, x, y, device, max(3, reps // 4) if loss == "batch_all" else reps)
+                            row["pml_ms"], row["pml_mib"] = timed(
+                                pml, x, y, device, max(3, reps // 4) if loss == "batch_all" else reps
+                            )
                         except torch.OutOfMemoryError:
                             row["pml_ms"] = "OOM"
                             torch.cuda.empty_cache()

@@ -27,14 +27,27 @@ def split_a_counts(n_sequences: int = 40) -> dict[str, int]:
     return {f"{'iv'[k % 2]}_seq{k:03d}": 1300 for k in range(n_sequences)}
 
 
-def make_split(tmp: Path, n_pairs: int = 1_000_000, n_queries: int = 10_000, n_distractors: int = 20_000, dim: int = 128, seed: int = 0, n_sequences: int = 40):
+def make_split(
+    tmp: Path,
+    n_pairs: int = 1_000_000,
+    n_queries: int = 10_000,
+    n_distractors: int = 20_000,
+    dim: int = 128,
+    seed: int = 0,
+    n_sequences: int = 40,
+):
     rng = np.random.default_rng(seed)
     counts = split_a_counts(n_sequences)
     seqs = list(counts)
     data = {}
     for s in seqs:
         base = rng.standard_normal((counts[s], dim), dtype=np.float32)
-        data[s] = {t: base if t == "ref" else base + {"e": 0.4, "h": 0.8, "t": 1.2}[t[0]] * rng.standard_normal(base.shape, dtype=np.float32) for t in IMAGE_TYPES}
+        data[s] = {
+            t: base
+            if t == "ref"
+            else base + {"e": 0.4, "h": 0.8, "t": 1.2}[t[0]] * rng.standard_normal(base.shape, dtype=np.float32)
+            for t in IMAGE_TYPES
+        }
     desc = DescriptorSet(data)
     (tmp / "splits.json").write_text(json.dumps({"syn": {"name": "syn", "test": seqs, "train": []}}))
     s1 = rng.choice(np.asarray(seqs, dtype=object), n_pairs)
@@ -54,6 +67,10 @@ def make_split(tmp: Path, n_pairs: int = 1_000_000, n_queries: int = 10_000, n_d
     cells = np.array([(si, x) for si, s in enumerate(seqs) for x in range(counts[s])])
     pick = rng.permutation(len(cells))[: n_queries + n_distractors]
     q, d = cells[pick[:n_queries]], cells[pick[n_queries:]]
-    pd.DataFrame({"s": [seqs[a] for a in q[:, 0]], "idx": q[:, 1]}).to_csv(tmp / "retr_queries_split-syn.csv", index=False)
-    pd.DataFrame({"s": [seqs[a] for a in d[:, 0]], "idx": d[:, 1]}).to_csv(tmp / "retr_distractors_split-syn.csv", index=False)
+    pd.DataFrame({"s": [seqs[a] for a in q[:, 0]], "idx": q[:, 1]}).to_csv(
+        tmp / "retr_queries_split-syn.csv", index=False
+    )
+    pd.DataFrame({"s": [seqs[a] for a in d[:, 0]], "idx": d[:, 1]}).to_csv(
+        tmp / "retr_distractors_split-syn.csv", index=False
+    )
     return desc

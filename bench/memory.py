@@ -56,14 +56,33 @@ def measure_here(impl: str, loss: str, margin: str, n: int, dtype: str) -> dict:
     step(fn, x, y)
     peak = _status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "impl": impl, "loss": loss, "margin": margin, "n": n, "dtype": dtype,
-        "peak_growth_mib": max(peak - before, 0.0), "method": "VmHWM reset" if reset else "ru_maxrss",
+        "impl": impl,
+        "loss": loss,
+        "margin": margin,
+        "n": n,
+        "dtype": dtype,
+        "peak_growth_mib": max(peak - before, 0.0),
+        "method": "VmHWM reset" if reset else "ru_maxrss",
     }
 
 
 def measure(impl: str, loss: str, margin: str, n: int, dtype: str = "float32", timeout: float = 300) -> float | None:
     """Peak RSS growth in MiB, from a fresh interpreter; None if the probe failed (e.g. out of memory)."""
-    cmd = [sys.executable, "-m", "bench.memory", "--impl", impl, "--loss", loss, "--margin", margin, "--n", str(n), "--dtype", dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.memory",
+        "--impl",
+        impl,
+        "--loss",
+        loss,
+        "--margin",
+        margin,
+        "--n",
+        str(n),
+        "--dtype",
+        dtype,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=True)

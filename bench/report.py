@@ -52,18 +52,36 @@ def evaluation_table(paths: list[Path]) -> str | None:
         for task in ("verification", "matching", "retrieval"):
             ours = info.get(f"{task}_ours_s")
             refs = info.get(f"{task}_reference_s")
-            rows.append([
-                info["size"], info.get("threads", ""), task, f"{ours:.2f}" if ours is not None else "",
-                f"{refs:.2f}" if refs is not None else "", f"{refs / ours:.1f}×" if refs and ours else "",
-                f"{info[f'{task}_abs_diff']:.1e}" if f"{task}_abs_diff" in info else "",
-            ])
+            rows.append(
+                [
+                    info["size"],
+                    info.get("threads", ""),
+                    task,
+                    f"{ours:.2f}" if ours is not None else "",
+                    f"{refs:.2f}" if refs is not None else "",
+                    f"{refs / ours:.1f}×" if refs and ours else "",
+                    f"{info[f'{task}_abs_diff']:.1e}" if f"{task}_abs_diff" in info else "",
+                ]
+            )
         if info["size"] == "reduced":
             total_o = sum(info[f"{t}_ours_s"] for t in ("verification", "matching", "retrieval"))
             total_r = sum(info[f"{t}_reference_s"] for t in ("verification", "matching", "retrieval"))
-            rows.append(["reduced", info.get("threads", ""), "all three", f"{total_o:.2f}", f"{total_r:.2f}", f"{total_r / total_o:.1f}×", ""])
+            rows.append(
+                [
+                    "reduced",
+                    info.get("threads", ""),
+                    "all three",
+                    f"{total_o:.2f}",
+                    f"{total_r:.2f}",
+                    f"{total_r / total_o:.1f}×",
+                    "",
+                ]
+            )
     if not rows:
         return None
-    return tabulate(rows, headers=["split", "threads", "task", "ours s", "reference s", "speed-up", "|Δ mAP|"], tablefmt="github")
+    return tabulate(
+        rows, headers=["split", "threads", "task", "ours s", "reference s", "speed-up", "|Δ mAP|"], tablefmt="github"
+    )
 
 
 def pipeline_tables(paths: list[Path]) -> tuple[str | None, str | None]:
@@ -73,18 +91,43 @@ def pipeline_tables(paths: list[Path]) -> tuple[str | None, str | None]:
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if info.get("suite") == "pipeline":
-            fmt = ("bf16 " if info.get("bf16") else "") + ("channels_last" if info["channels_last"] else "eager") + (" + compile" if info.get("compiled") else "")
-            rows.append({"model": info["model"], "device": info["device"], "threads": info["threads"], "batch": info["batch"],
-                         "format": fmt, "step_ms": b["stats"]["median"] * 1e3, "patches/s": info["patches_per_s"]})
+            fmt = (
+                ("bf16 " if info.get("bf16") else "")
+                + ("channels_last" if info["channels_last"] else "eager")
+                + (" + compile" if info.get("compiled") else "")
+            )
+            rows.append(
+                {
+                    "model": info["model"],
+                    "device": info["device"],
+                    "threads": info["threads"],
+                    "batch": info["batch"],
+                    "format": fmt,
+                    "step_ms": b["stats"]["median"] * 1e3,
+                    "patches/s": info["patches_per_s"],
+                }
+            )
         elif info.get("suite") == "study":
-            study.append([info["device"], info["threads"], info["batch"], f"{info['patches_per_s']:.0f}", f"{info['epoch_s_from_throughput']:.0f}"])
+            study.append(
+                [
+                    info["device"],
+                    info["threads"],
+                    info["batch"],
+                    f"{info['patches_per_s']:.0f}",
+                    f"{info['epoch_s_from_throughput']:.0f}",
+                ]
+            )
     pipe_md = None
     if rows:
         df = pd.DataFrame(rows).sort_values(["model", "device", "batch", "format"])
         pipe_md = tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".1f")
     study_md = None
     if study:
-        study_md = tabulate(sorted(study), headers=["device", "threads", "batch", "patches/s", "denoise epoch s (1,558,960 patches)"], tablefmt="github")
+        study_md = tabulate(
+            sorted(study),
+            headers=["device", "threads", "batch", "patches/s", "denoise epoch s (1,558,960 patches)"],
+            tablefmt="github",
+        )
     return pipe_md, study_md
 
 
@@ -103,7 +146,11 @@ def pipeline_target_rows(paths: list[Path]) -> list[list[str]]:
         if dev not in best:
             continue
         info = best[dev]
-        fmt = ("bf16 " if info.get("bf16") else "") + ("channels_last" if info["channels_last"] else "eager") + (" + compile" if info.get("compiled") else "")
+        fmt = (
+            ("bf16 " if info.get("bf16") else "")
+            + ("channels_last" if info["channels_last"] else "eager")
+            + (" + compile" if info.get("compiled") else "")
+        )
         measured = f"{info['patches_per_s']:.0f} patches/s ({fmt}, batch {info['batch']}, {info['threads']} threads)"
         if dev == "cpu" and info["threads"] != 2:
             mark = "n/a: target is for 2 threads (TRIPLETKIT_BENCH_THREADS=2)"
@@ -221,7 +268,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", type=Path, nargs="*", default=[ROOT / "bench" / "results.json"], help="pytest-benchmark JSON file(s)")
+    p.add_argument(
+        "json", type=Path, nargs="*", default=[ROOT / "bench" / "results.json"], help="pytest-benchmark JSON file(s)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     a = p.parse_args()
@@ -229,11 +278,17 @@ def main() -> None:
     eval_md = evaluation_table(a.json)
     pipe_md, study_md = pipeline_tables(a.json)
     if df.empty:
-        raise SystemExit(f"{a.json}: no tripletkit loss benchmark rows (run pytest bench/ --benchmark-only --benchmark-json=...)")
+        raise SystemExit(
+            f"{a.json}: no tripletkit loss benchmark rows (run pytest bench/ --benchmark-only --benchmark-json=...)"
+        )
     table = loss_table(df)
     shown = _fmt(table)
     loss_md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)
-    targets_md = tabulate(target_rows(table) + pipeline_target_rows(a.json), headers=["target", "margin", "N", "measured", "mark"], tablefmt="github")
+    targets_md = tabulate(
+        target_rows(table) + pipeline_target_rows(a.json),
+        headers=["target", "margin", "N", "measured", "mark"],
+        tablefmt="github",
+    )
     print(loss_md)
     print()
     print(targets_md)

@@ -44,9 +44,19 @@ def _reference_all(tmp: Path, desc) -> dict:
     seqs = sorted(desc)
     out = {}
     for task, fn in (
-        ("verification", lambda: ref.verification_at_reference_speed(desc, {k: rows(f"verif_{k}_split-syn.csv") for k in ("pos", "neg_intra", "neg_inter")})),
+        (
+            "verification",
+            lambda: ref.verification_at_reference_speed(
+                desc, {k: rows(f"verif_{k}_split-syn.csv") for k in ("pos", "neg_intra", "neg_inter")}
+            ),
+        ),
         ("matching", lambda: ref.matching_at_reference_speed(desc, seqs)),
-        ("retrieval", lambda: ref.retrieval_at_reference_speed(desc, rows("retr_queries_split-syn.csv"), rows("retr_distractors_split-syn.csv"))),
+        (
+            "retrieval",
+            lambda: ref.retrieval_at_reference_speed(
+                desc, rows("retr_queries_split-syn.csv"), rows("retr_distractors_split-syn.csv")
+            ),
+        ),
     ):
         t0 = time.perf_counter()
         out[task] = fn()
@@ -73,8 +83,14 @@ def test_evaluation_split_a_size(benchmark, tmp_path, request):
         pytest.skip("the split-a-sized evaluation (about a minute) runs in --bench-profile large")
     torch.set_num_threads(threads())
     desc = make_split(tmp_path)
-    result = benchmark.pedantic(evaluate, args=(desc, tmp_path, "syn"), kwargs={"progress": False}, rounds=1, iterations=1)
+    result = benchmark.pedantic(
+        evaluate, args=(desc, tmp_path, "syn"), kwargs={"progress": False}, rounds=1, iterations=1
+    )
     benchmark.group = "hpatches-evaluation"
-    benchmark.extra_info.update(suite="evaluation", size="split-a", threads=torch.get_num_threads(),
-                                **{f"{k}_ours_s": v for k, v in result["timing_s"].items()})
+    benchmark.extra_info.update(
+        suite="evaluation",
+        size="split-a",
+        threads=torch.get_num_threads(),
+        **{f"{k}_ours_s": v for k, v in result["timing_s"].items()},
+    )
     assert np.isfinite([result["verification"], result["matching"], result["retrieval"]]).all()

@@ -26,7 +26,9 @@ MODELS = {"l2net": L2Net, "shallow_unet": ShallowUNet, "deep_unet": DeepUNet}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # bf16 autocast rows: on a GPU, and on CPUs whose oneDNN runs bf16 natively (AMX / AVX512-BF16; emulated elsewhere)
 CPU_BF16 = pick_precision("auto", torch.device("cpu")) == "bf16"
-BF16_CASES = ([("cpu", False)] if CPU_BF16 else []) + ([("cuda", False), ("cuda", True)] if torch.cuda.is_available() else [])
+BF16_CASES = ([("cpu", False)] if CPU_BF16 else []) + (
+    [("cuda", False), ("cuda", True)] if torch.cuda.is_available() else []
+)
 # The coursework's denoiser training set (N-HPatches split a, all 16 images of the 76 train sequences), used to turn a
 # measured throughput into the study's "denoise epoch" time.
 DENOISE_EPOCH_PATCHES = 1_558_960
@@ -79,8 +81,15 @@ def _run(benchmark, name, batch, device, channels_last, bf16=False, suite="pipel
     median = benchmark.stats.stats.median
     benchmark.group = f"{suite}-{name}"
     benchmark.extra_info.update(
-        suite=suite, model=name, batch=batch, device=device, channels_last=channels_last, bf16=bf16, compiled=compiled,
-        threads=torch.get_num_threads(), patches_per_s=batch / median,
+        suite=suite,
+        model=name,
+        batch=batch,
+        device=device,
+        channels_last=channels_last,
+        bf16=bf16,
+        compiled=compiled,
+        threads=torch.get_num_threads(),
+        patches_per_s=batch / median,
     )
     return median
 
@@ -93,7 +102,11 @@ def test_training_step(benchmark, name, batch, device, channels_last):
 
 
 @pytest.mark.skipif(not BF16_CASES, reason="no native bf16 here: neither a GPU nor a CPU with AMX/AVX512-BF16")
-@pytest.mark.parametrize("device,compiled", BF16_CASES or [("cpu", False)], ids=[f"{d}-bf16{'+compile' if c else ''}" for d, c in BF16_CASES or [("cpu", False)]])
+@pytest.mark.parametrize(
+    "device,compiled",
+    BF16_CASES or [("cpu", False)],
+    ids=[f"{d}-bf16{'+compile' if c else ''}" for d, c in BF16_CASES or [("cpu", False)]],
+)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_training_step_bf16(benchmark, name, batch, device, compiled):
     _run(benchmark, name, batch, device, True, bf16=True, compiled=compiled)

@@ -35,9 +35,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=None)
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--smoothing", type=float, default=0.9)
-    p.add_argument("--guard-patience", type=int, default=0, help="steps at or above the threshold before going back a stage (default 4 × patience; -1: no guard)")
+    p.add_argument(
+        "--guard-patience",
+        type=int,
+        default=0,
+        help="steps at or above the threshold before going back a stage (default 4 × patience; -1: no guard)",
+    )
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--model", default="l2net", choices=["l2net", "coursework"], help="l2net (HardNet's layout) or the coursework descriptor")
+    p.add_argument(
+        "--model",
+        default="l2net",
+        choices=["l2net", "coursework"],
+        help="l2net (HardNet's layout) or the coursework descriptor",
+    )
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--monitor-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -65,19 +75,34 @@ def run(argv: list[str] | None = None) -> dict:
         data = a.data
     ds = load_dataset(data, progress=not a.quiet)
     splits = Path(data) / "splits.json"
-    patches, labels, _ = ds.training_arrays(json.loads(splits.read_text())["default"]["train"] if splits.exists() else ds.sequences)
-    x, y = torch.from_numpy(patches).float()[:, None].contiguous(memory_format=torch.channels_last), torch.from_numpy(labels)
+    patches, labels, _ = ds.training_arrays(
+        json.loads(splits.read_text())["default"]["train"] if splits.exists() else ds.sequences
+    )
+    x, y = (
+        torch.from_numpy(patches).float()[:, None].contiguous(memory_format=torch.channels_last),
+        torch.from_numpy(labels),
+    )
 
     torch.manual_seed(a.seed)
     model = (L2Net() if a.model == "l2net" else CourseworkDescriptor()).to(memory_format=torch.channels_last)
     loss_fn = BatchHardLoss(margin=a.margin, margin_fn=a.margin_fn)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     guard_patience = a.guard_patience or 4 * a.patience
-    batches = SteppedBatches(labels, a.stages, margin_fn=loss_fn, patience=a.patience, smoothing=a.smoothing,
-                             guard=guard_patience > 0, guard_patience=max(guard_patience, 1), seed=a.seed)
+    batches = SteppedBatches(
+        labels,
+        a.stages,
+        margin_fn=loss_fn,
+        patience=a.patience,
+        smoothing=a.smoothing,
+        guard=guard_patience > 0,
+        guard_patience=max(guard_patience, 1),
+        seed=a.seed,
+    )
     probe_idx = probe_indices(labels, S=32, K=8, seed=a.seed + 1)
     probe = CollapseProbe(loss_fn, x[probe_idx], y[probe_idx], every=a.monitor_every)
-    ckpt = TrainingCheckpoint(a.out / "checkpoint.pt", model=model, optimizer=opt, stateful={"batches": batches, "probe": probe})
+    ckpt = TrainingCheckpoint(
+        a.out / "checkpoint.pt", model=model, optimizer=opt, stateful={"batches": batches, "probe": probe}
+    )
     if a.resume and not ckpt.exists():
         raise SystemExit(f"error: --resume given but {ckpt.path} does not exist")
     extra = ckpt.restore() if a.resume else None
@@ -101,26 +126,45 @@ def run(argv: list[str] | None = None) -> dict:
             change = batches.step(loss)
             stats = probe(model, step, loss)
             if stats is not None:
-                checks.append({"step": step, "collapsed": stats.collapsed, "reason": stats.reason, "mean_distance": stats.mean_distance})
+                checks.append(
+                    {
+                        "step": step,
+                        "collapsed": stats.collapsed,
+                        "reason": stats.reason,
+                        "mean_distance": stats.mean_distance,
+                    }
+                )
             smoothed = change.smoothed_loss if change else batches.scheduler.smoothed_loss
             dist, collapsed = (f"{stats.mean_distance:.5f}", int(stats.collapsed)) if stats else ("", "")
-            f.write(f"{step},{float(loss.detach()):.6f},{smoothed:.6f},{batches.stage},{batches.S},{batches.K},{batches.batch_size},{dist},{collapsed}\n")
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", stage=f"{batches.stage + 1}/{len(a.stages)}", batch=batches.batch_size)
+            f.write(
+                f"{step},{float(loss.detach()):.6f},{smoothed:.6f},{batches.stage},{batches.S},{batches.K},{batches.batch_size},{dist},{collapsed}\n"
+            )
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.3f}",
+                stage=f"{batches.stage + 1}/{len(a.stages)}",
+                batch=batches.batch_size,
+            )
             bar.update(1)
             if step % a.checkpoint_every == 0 or step == a.steps:
                 f.flush()
                 ckpt.save(step=step, checks=checks)
     summary = {
-        "steps": step, "seconds_this_run": time.perf_counter() - t0, "threshold": batches.scheduler.threshold,
+        "steps": step,
+        "seconds_this_run": time.perf_counter() - t0,
+        "threshold": batches.scheduler.threshold,
         "final_stage": {"stage": batches.stage, "S": batches.S, "K": batches.K},
-        "stage_changes": [e.__dict__ for e in batches.events], "collapse_checks": checks,
-        "collapsed_at_end": probe.monitor.collapsed, "data": str(data),
+        "stage_changes": [e.__dict__ for e in batches.events],
+        "collapse_checks": checks,
+        "collapsed_at_end": probe.monitor.collapsed,
+        "data": str(data),
     }
     atomic_write_text(a.out / "summary.json", json.dumps(summary, indent=1))
     if not a.quiet:
         print(json.dumps({k: summary[k] for k in ("steps", "final_stage", "collapsed_at_end")}))
         for e in batches.events:
-            print(f"step {e.step}: {e.reason} to S={e.S}, K={e.K} (smoothed loss {e.smoothed_loss:.4f}, threshold {e.threshold:.4f})")
+            print(
+                f"step {e.step}: {e.reason} to S={e.S}, K={e.K} (smoothed loss {e.smoothed_loss:.4f}, threshold {e.threshold:.4f})"
+            )
     return summary
 
 

@@ -67,7 +67,9 @@ def test_zero_gradient_where_points_coincide(kind):
 def test_softplus_is_stable_for_any_gap():
     soft = MARGINS.build("softplus")
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        gap = torch.tensor([-1e30, -1e4, -100.0, -1.0, 0.0, 1.0, 89.0, 100.0, 1e4, 1e30], dtype=dtype, requires_grad=True)
+        gap = torch.tensor(
+            [-1e30, -1e4, -100.0, -1.0, 0.0, 1.0, 89.0, 100.0, 1e4, 1e30], dtype=dtype, requires_grad=True
+        )
         out = soft(gap)
         out.sum().backward()
         assert torch.isfinite(out).all() and torch.isfinite(gap.grad).all(), dtype
@@ -75,7 +77,10 @@ def test_softplus_is_stable_for_any_gap():
         assert float(out[-2]) == pytest.approx(1e4, rel=1e-2) and float(out[1]) == 0.0
 
 
-@pytest.mark.parametrize("name,margin,collapse", [("hinge", 0.2, 0.2), ("hinge", 1.0, 1.0), ("softplus", 0.0, math.log(2)), ("softplus", 1.0, math.log1p(math.e))])
+@pytest.mark.parametrize(
+    "name,margin,collapse",
+    [("hinge", 0.2, 0.2), ("hinge", 1.0, 1.0), ("softplus", 0.0, math.log(2)), ("softplus", 1.0, math.log1p(math.e))],
+)
 def test_collapse_values(name, margin, collapse):
     fn = MARGINS.build(name, margin=margin)
     assert fn.collapse_value == pytest.approx(collapse, rel=1e-12)

@@ -90,12 +90,19 @@ def _scheduler_worker(rank, world, init_file, out_file):
     try:
         # rank 0 sees losses under the threshold 1.0, rank 1 above it: only their mean (0.9) is below
         losses = [0.5] * 12 if rank == 0 else [1.3] * 12
-        synced = SteppedBatchScheduler([(4, 2), (8, 2)], threshold=1.0, patience=3, smoothing=0.0, sync_distributed=True)
+        synced = SteppedBatchScheduler(
+            [(4, 2), (8, 2)], threshold=1.0, patience=3, smoothing=0.0, sync_distributed=True
+        )
         local = SteppedBatchScheduler([(4, 2), (8, 2)], threshold=1.0, patience=3, smoothing=0.0)
         synced_changes = [synced.step(torch.tensor(v)) for v in losses]
         local_changes = [local.step(v) for v in losses]
         mean = all_reduce_mean(torch.tensor(float(rank)))
-        result = {"synced": synced_changes, "local": local_changes, "events": [e.step for e in synced.events], "mean": mean}
+        result = {
+            "synced": synced_changes,
+            "local": local_changes,
+            "events": [e.step for e in synced.events],
+            "mean": mean,
+        }
         torch.save(result, f"{out_file}.{rank}")
     finally:
         dist.destroy_process_group()

@@ -18,13 +18,18 @@ LABELS = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3])
 def _losses():
     for margin_fn, distance in itertools.product(MARGIN_FNS, DISTANCES):
         yield pytest.param(BatchHardLoss(margin_fn=margin_fn, distance=distance), id=f"bh-{margin_fn}-{distance}")
-        yield pytest.param(BatchHardLoss(margin_fn=margin_fn, distance=distance, swap=True), id=f"bh-swap-{margin_fn}-{distance}")
+        yield pytest.param(
+            BatchHardLoss(margin_fn=margin_fn, distance=distance, swap=True), id=f"bh-swap-{margin_fn}-{distance}"
+        )
         for reduction in ("mean", "mean_active"):
             yield pytest.param(
                 BatchAllLoss(margin_fn=margin_fn, distance=distance, reduction=reduction),
                 id=f"ba-{reduction}-{margin_fn}-{distance}",
             )
-        yield pytest.param(TripletLoss(margin_fn=margin_fn, distance=distance, miner={"name": "random", "seed": 3}), id=f"rand-{margin_fn}-{distance}")
+        yield pytest.param(
+            TripletLoss(margin_fn=margin_fn, distance=distance, miner={"name": "random", "seed": 3}),
+            id=f"rand-{margin_fn}-{distance}",
+        )
 
 
 @pytest.mark.parametrize("loss_fn", list(_losses()))

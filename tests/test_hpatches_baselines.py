@@ -44,8 +44,12 @@ def test_reader_rejects_bad_files(tmp_path):
     Image.fromarray(np.zeros((130, 64), np.uint8)).save(tmp_path / "narrow.png")
     Image.fromarray(np.zeros((100, 65), np.uint8)).save(tmp_path / "short.png")
     (tmp_path / "junk.png").write_bytes(b"not a png")
-    for name, message in (("narrow.png", "width 64, expected 65"), ("short.png", "height 100 is not a multiple of 65"),
-                          ("junk.png", "not a readable image"), ("absent.png", "missing")):
+    for name, message in (
+        ("narrow.png", "width 64, expected 65"),
+        ("short.png", "height 100 is not a multiple of 65"),
+        ("junk.png", "not a readable image"),
+        ("absent.png", "missing"),
+    ):
         with pytest.raises(PatchFileError, match=message) as info:
             read_patch_column(tmp_path / name)
         assert name in str(info.value)

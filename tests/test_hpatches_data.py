@@ -138,7 +138,12 @@ def test_splits_are_seeded_and_stratified():
 @needs_shared
 def test_prepare_cli_extract_and_noise(tmp_path):
     out = tmp_path / "release"
-    assert prepare_main(["extract", "--sequences", str(SHARED / "sequences" / "v_dogman"), "--out", str(out), "--max-patches", "60"]) == 0
+    assert (
+        prepare_main(
+            ["extract", "--sequences", str(SHARED / "sequences" / "v_dogman"), "--out", str(out), "--max-patches", "60"]
+        )
+        == 0
+    )
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["sequences"] == {"v_dogman": 60} and meta["synthetic"] is False
     assert read_patch_column(out / "v_dogman" / "t5.png").shape == (60, 65, 65)

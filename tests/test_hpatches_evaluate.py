@@ -126,8 +126,22 @@ def test_cli_round_trip(tasks_dir, tmp_path, capsys):
     for s in SEQS:
         for t in IMAGE_TYPES:
             assert np.array_equal(back[s][t], desc[s][t])
-    rc = main(["--descr-dir", str(out), "--tasks", str(tasks_dir), "--split", "x", "--delimiter", ";",
-               "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "r.png")])
+    rc = main(
+        [
+            "--descr-dir",
+            str(out),
+            "--tasks",
+            str(tasks_dir),
+            "--split",
+            "x",
+            "--delimiter",
+            ";",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--figure",
+            str(tmp_path / "r.png"),
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert set(result) >= {"verification", "matching", "retrieval", "ties", "verification_detail"}

@@ -25,21 +25,59 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     for s in ("i_a", "i_b", "v_c", "v_d"):
         base = np.kron(rng.integers(0, 256, (10, 8, 8)), np.ones((4, 4))).astype(float)
-        clean = {t: np.clip(base + rng.normal(0, 4 + 3 * "rehtx".index(t[0]), base.shape), 0, 255).astype(np.uint8) for t in IMAGE_TYPES}
+        clean = {
+            t: np.clip(base + rng.normal(0, 4 + 3 * "rehtx".index(t[0]), base.shape), 0, 255).astype(np.uint8)
+            for t in IMAGE_TYPES
+        }
         write_nhpatches_sequence(root, s, clean, noise_sequence(clean, s))
     (root / "splits.json").write_text(json.dumps({"default": {"train": ["i_a", "v_c"], "test": ["i_b", "v_d"]}}))
     return root
 
 
-FAST = ["--denoise-steps", "3", "--denoise-batch", "16", "--steps", "6", "--stages-sk", "2x2,4x2", "--patience", "2",
-        "--checkpoint-every", "3", "--monitor-every", "2", "--eval-every", "2", "--verification-pairs", "200", "--queries", "5", "--threads", "1", "--quiet"]
+FAST = [
+    "--denoise-steps",
+    "3",
+    "--denoise-batch",
+    "16",
+    "--steps",
+    "6",
+    "--stages-sk",
+    "2x2,4x2",
+    "--patience",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--monitor-every",
+    "2",
+    "--eval-every",
+    "2",
+    "--verification-pairs",
+    "200",
+    "--queries",
+    "5",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def test_end_to_end_outputs(tiny, tmp_path):
     out = tmp_path / "run"
     results = main(["--data", str(tiny), "--out", str(out)] + FAST)
-    for name in ("config.json", "denoise_log.csv", "denoiser.pt", "denoised.npz", "log.csv", "checkpoint.pt", "descriptor.pt",
-                 "results.md", "results.json", "results.png", "curves.png", "tsne.png"):
+    for name in (
+        "config.json",
+        "denoise_log.csv",
+        "denoiser.pt",
+        "denoised.npz",
+        "log.csv",
+        "checkpoint.pt",
+        "descriptor.pt",
+        "results.md",
+        "results.json",
+        "results.png",
+        "curves.png",
+        "tsne.png",
+    ):
         assert (out / name).exists(), name
     assert set(results) == {"ours (L2-Net)", "SIFT", "raw pixels"}
     for r in results.values():
@@ -51,7 +89,9 @@ def test_end_to_end_outputs(tiny, tmp_path):
 
 
 def test_epochs_are_a_patch_budget_and_resume_exactly(tiny, tmp_path):
-    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--denoise-epochs", "0.1"] + FAST + ["--epochs", "0.5"]
+    args = (
+        ["--data", str(tiny), "--stages", "denoise,descriptor", "--denoise-epochs", "0.1"] + FAST + ["--epochs", "0.5"]
+    )
     main(args + ["--out", str(tmp_path / "a")])
     rows = [r.split(",") for r in (tmp_path / "a" / "log.csv").read_text().splitlines()[1:]]
     # 2 training sequences × 10 patches × 16 images = 320 patches; half of them, in batches of 4 then 8
@@ -96,8 +136,29 @@ def test_offline_miner_runs_and_resumes(tiny, tmp_path):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_parses_and_runs_a_step(tiny, tmp_path, preset):
     out = tmp_path / preset
-    main(["--data", str(tiny), "--out", str(out), "--experiment", preset, "--stages", "denoise,descriptor",
-          "--denoise-steps", "1", "--denoise-batch", "8", "--steps", "1", "--stages-sk", "2x2", "--threads", "1", "--quiet"])
+    main(
+        [
+            "--data",
+            str(tiny),
+            "--out",
+            str(out),
+            "--experiment",
+            preset,
+            "--stages",
+            "denoise,descriptor",
+            "--denoise-steps",
+            "1",
+            "--denoise-batch",
+            "8",
+            "--steps",
+            "1",
+            "--stages-sk",
+            "2x2",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["miner"] == PRESETS[preset]["miner"] and config["margin_fn"] == PRESETS[preset]["margin_fn"]
     assert len((out / "log.csv").read_text().splitlines()) == 2
@@ -109,7 +170,20 @@ def test_bad_flags_are_clear_errors(tiny, tmp_path):
     with pytest.raises(SystemExit, match="--stages-sk must look like"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--stages-sk", "big"])
     with pytest.raises(SystemExit, match="--init-descriptor"):
-        main(["--data", str(tiny), "--out", str(tmp_path), "--stages", "denoise,descriptor", "--denoise-steps", "1", "--init-descriptor", str(tmp_path / "nope.pt")])
+        main(
+            [
+                "--data",
+                str(tiny),
+                "--out",
+                str(tmp_path),
+                "--stages",
+                "denoise,descriptor",
+                "--denoise-steps",
+                "1",
+                "--init-descriptor",
+                str(tmp_path / "nope.pt"),
+            ]
+        )
     with pytest.raises(SystemExit, match="--xla-launch needs --device xla"):
         main(["--data", str(tiny), "--out", str(tmp_path), "--xla-launch"])
     try:
@@ -124,8 +198,31 @@ def test_bad_flags_are_clear_errors(tiny, tmp_path):
 
 def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path):
     out = tmp_path / "all"
-    table = main(["--data", str(tiny), "--out", str(out), "--experiment", "all", "--steps", "2", "--stages-sk", "2x2",
-                  "--denoise-steps", "2", "--denoise-batch", "8", "--verification-pairs", "100", "--queries", "4", "--threads", "1", "--quiet"])
+    table = main(
+        [
+            "--data",
+            str(tiny),
+            "--out",
+            str(out),
+            "--experiment",
+            "all",
+            "--steps",
+            "2",
+            "--stages-sk",
+            "2x2",
+            "--denoise-steps",
+            "2",
+            "--denoise-batch",
+            "8",
+            "--verification-pairs",
+            "100",
+            "--queries",
+            "4",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
     assert list(table) == list(PRESETS)
     md = (out / "experiments.md").read_text()
     for name in PRESETS:
@@ -144,8 +241,12 @@ def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path
     assert (out / "experiments.png").exists()
     # as in the study, batch hard starts from the baseline's weights
     for name in ("bh128", "bh1024", "soft-bh1024"):
-        assert json.loads((out / name / "config.json").read_text())["init_descriptor"] == str(out / "baseline" / "descriptor.pt")
-        assert f"| {name} " in md and "baseline" in [c.strip() for c in md.split(f"| {name} ")[1].split("\n")[0].split("|")]
+        assert json.loads((out / name / "config.json").read_text())["init_descriptor"] == str(
+            out / "baseline" / "descriptor.pt"
+        )
+        assert f"| {name} " in md and "baseline" in [
+            c.strip() for c in md.split(f"| {name} ")[1].split("\n")[0].split("|")
+        ]
     assert json.loads((out / "baseline" / "config.json").read_text())["momentum"] == 0.0
 
 
@@ -172,7 +273,14 @@ def _torchrun(args, nproc=2):
     import subprocess
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "examples" / "hpatches" / "train.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(ROOT / "examples" / "hpatches" / "train.py"),
+    ]
     return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -127,7 +127,7 @@ def test_invariances(batch, loss_cls, margin_fn, data):
     perm = data.draw(st.permutations(range(n)))
     assert _close(float(loss_fn(*_t(x[perm], [labels[i] for i in perm]))), base, 1e-7)
     # relabelling classes by any injective map
-    new_ids = data.draw(st.lists(st.integers(-10**6, 10**6), min_size=6, max_size=6, unique=True))
+    new_ids = data.draw(st.lists(st.integers(-(10**6), 10**6), min_size=6, max_size=6, unique=True))
     assert _close(float(loss_fn(*_t(x, [new_ids[c] for c in labels]))), base, 1e-7)
     # rotating and translating all embeddings (Euclidean distances are unchanged)
     d = x.shape[1]
@@ -158,7 +158,9 @@ def test_batch_all_triplet_count(batch):
 
 
 # --------------------------------------------------------------------------- edge cases
-@pytest.mark.parametrize("loss_fn", [BatchHardLoss(), BatchAllLoss(), TripletLoss(), BatchHardLoss(margin_fn="softplus")])
+@pytest.mark.parametrize(
+    "loss_fn", [BatchHardLoss(), BatchAllLoss(), TripletLoss(), BatchHardLoss(margin_fn="softplus")]
+)
 @pytest.mark.parametrize("labels", [[0, 1, 2, 3], [5, 5, 5, 5]], ids=["all-singletons", "one-class"])
 def test_no_valid_triplet_gives_zero_with_gradient(loss_fn, labels):
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)

@@ -13,7 +13,9 @@ from tripletkit.testing import hpatches_reference as ref
 def test_hand_computed_ap():
     # ranks of positives 1 and 3 of 3 entries, p = 2:
     # recall 0 → ½ with precision 1 → 1, then ½ → 1 with precision ½ → ⅔: ½·1 + ½·(½ + ⅔)/2 = 0.7916…
-    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1])) == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2)
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1])) == pytest.approx(
+        0.5 + 0.5 * (0.5 + 2 / 3) / 2
+    )
     # a missed positive (numpos) halves the reachable recall
     assert average_precision(np.array([0.9]), np.array([1]), numpos=2) == pytest.approx(0.5)
     # no positive at all: recall stays 0

@@ -14,7 +14,9 @@ from .strategies import batches, generic_batches
 
 
 def _has_pos_neg(labels, a):
-    return any(labels[p] == labels[a] for p in range(len(labels)) if p != a) and any(other != labels[a] for other in labels)
+    return any(labels[p] == labels[a] for p in range(len(labels)) if p != a) and any(
+        other != labels[a] for other in labels
+    )
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])
@@ -66,7 +68,10 @@ def test_batch_all_miner_lists_exactly_the_valid_triplets(batch):
     got = sorted(zip(t.anchor.tolist(), t.positive.tolist(), t.negative.tolist()))
     n = len(labels)
     want = sorted(
-        (a, p, q) for a in range(n) for p in range(n) for q in range(n)
+        (a, p, q)
+        for a in range(n)
+        for p in range(n)
+        for q in range(n)
         if p != a and labels[p] == labels[a] and labels[q] != labels[a]
     )
     assert got == want and len(got) == ref.class_triplet_count(labels)

@@ -29,7 +29,9 @@ def test_batch_hard_equals_pml(seed, s, k):
     miner = miners.BatchHardMiner(distance=_pml_distance())
     idx = miner(x, labels)
     for margin_fn, margin, smooth in (("hinge", 0.2, False), ("softplus", 0.0, True)):
-        ref = losses.TripletMarginLoss(margin=margin, distance=_pml_distance(), reducer=reducers.MeanReducer(), smooth_loss=smooth)
+        ref = losses.TripletMarginLoss(
+            margin=margin, distance=_pml_distance(), reducer=reducers.MeanReducer(), smooth_loss=smooth
+        )
         want = ref(x, labels, idx)
         got = BatchHardLoss(margin=margin, margin_fn=margin_fn)(x, labels)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -43,6 +45,8 @@ def test_batch_all_equals_pml(seed, reduction):
     labels = torch.arange(8).repeat_interleave(4)
     reducer = reducers.MeanReducer() if reduction == "mean" else reducers.AvgNonZeroReducer()
     for margin_fn, margin, smooth in (("hinge", 0.2, False), ("softplus", 0.0, True)):
-        want = losses.TripletMarginLoss(margin=margin, distance=_pml_distance(), reducer=reducer, smooth_loss=smooth)(x, labels)
+        want = losses.TripletMarginLoss(margin=margin, distance=_pml_distance(), reducer=reducer, smooth_loss=smooth)(
+            x, labels
+        )
         got = BatchAllLoss(margin=margin, margin_fn=margin_fn, reduction=reduction)(x, labels)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -53,7 +53,9 @@ def test_builtin_registries():
     assert MARGINS.list() == ["hinge", "softplus"]
     assert MINERS.list() == ["batch_all", "batch_hard", "offline", "random"]
     assert LOSSES.list(filter="batch_*") == ["batch_all", "batch_hard"]
-    loss = LOSSES.build({"name": "batch_hard", "margin_fn": {"name": "hinge", "margin": 0.3}, "distance": "sqeuclidean"})
+    loss = LOSSES.build(
+        {"name": "batch_hard", "margin_fn": {"name": "hinge", "margin": 0.3}, "distance": "sqeuclidean"}
+    )
     assert isinstance(loss, BatchHardLoss) and loss.margin == 0.3
     assert MARGINS.build("hinge") == HingeMargin(0.2)
 

@@ -25,7 +25,13 @@ def _usable(labels, K, policy):
     return set(ids[counts >= (K if policy == "skip" else 2)].tolist())
 
 
-@given(labels=datasets(), S=st.integers(1, 6), K=st.integers(2, 5), policy=st.sampled_from(["skip", "replace"]), seed=st.integers(0, 50))
+@given(
+    labels=datasets(),
+    S=st.integers(1, 6),
+    K=st.integers(2, 5),
+    policy=st.sampled_from(["skip", "replace"]),
+    seed=st.integers(0, 50),
+)
 def test_batches_are_s_by_k_and_cover_every_usable_class(labels, S, K, policy, seed):
     usable = _usable(labels, K, policy)
     if S > len(usable):

@@ -36,7 +36,9 @@ def test_advances_exactly_by_the_rule(losses, patience, smoothing):
         stage_losses.append(loss)
         smoothed = _ema_reference(stage_losses, smoothing)
         changed = sched.step(loss)
-        assert math.isclose(sched.events[-1].smoothed_loss if changed else sched.smoothed_loss, smoothed, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(
+            sched.events[-1].smoothed_loss if changed else sched.smoothed_loss, smoothed, rel_tol=1e-9, abs_tol=1e-12
+        )
         below = below + 1 if smoothed < threshold else 0
         if smoothed >= threshold:
             assert not changed  # never while the smoothed loss is at or above the threshold
@@ -74,7 +76,9 @@ def test_threshold_from_the_margin_function():
 
 def test_guard_goes_back_a_stage_and_events_are_reported(caplog):
     seen = []
-    sched = SteppedBatchScheduler(STAGES, 1.0, patience=2, smoothing=0.0, guard=True, guard_patience=3, on_change=[seen.append])
+    sched = SteppedBatchScheduler(
+        STAGES, 1.0, patience=2, smoothing=0.0, guard=True, guard_patience=3, on_change=[seen.append]
+    )
     with caplog.at_level(logging.INFO, logger="tripletkit.schedulers"):
         assert [sched.step(0.5) for _ in range(2)] == [False, True]
         assert (sched.S, sched.K, sched.batch_size) == (8, 2, 16)

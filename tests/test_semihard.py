@@ -61,7 +61,9 @@ def test_semihard_options():
         TripletLoss(miner="semihard", reduction="none")
     assert "max_class_size=4" in repr(SemiHardMiner(max_class_size=4))
     with pytest.raises(ValueError, match="max_class_size=2"):
-        TripletLoss(miner={"name": "semihard", "max_class_size": 2})(torch.randn(6, 2), torch.tensor([0, 0, 0, 1, 1, 1]))
+        TripletLoss(miner={"name": "semihard", "max_class_size": 2})(
+            torch.randn(6, 2), torch.tensor([0, 0, 0, 1, 1, 1])
+        )
     with pytest.raises(ValueError, match="max_class_size"):
         SemiHardMiner(max_class_size=0)
 

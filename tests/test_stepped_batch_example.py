@@ -27,13 +27,33 @@ def tiny_data(tmp_path_factory):
         base = rng.integers(0, 256, (12, 9, 9)).astype(float)
         big = np.kron(base, np.ones((8, 8)))[:, :65, :65]
         big = np.pad(big, ((0, 0), (0, 65 - big.shape[1]), (0, 65 - big.shape[2])), mode="edge")
-        seq = {t: np.clip(big + rng.normal(0, 6 + 4 * "rehtx".index(t[0]), big.shape), 0, 255).astype(np.uint8) for t in IMAGE_TYPES}
+        seq = {
+            t: np.clip(big + rng.normal(0, 6 + 4 * "rehtx".index(t[0]), big.shape), 0, 255).astype(np.uint8)
+            for t in IMAGE_TYPES
+        }
         write_hpatches_sequence(root, f"v_tiny{s}", seq)
     return root
 
 
-ARGS = ["--steps", "12", "--stages", "4x2,4x4,8x4", "--patience", "2", "--smoothing", "0.5", "--checkpoint-every", "4",
-        "--monitor-every", "4", "--threads", "1", "--quiet", "--lr", "1e-3"]
+ARGS = [
+    "--steps",
+    "12",
+    "--stages",
+    "4x2,4x4,8x4",
+    "--patience",
+    "2",
+    "--smoothing",
+    "0.5",
+    "--checkpoint-every",
+    "4",
+    "--monitor-every",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+    "--lr",
+    "1e-3",
+]
 
 
 def test_resume_gives_the_same_run(tiny_data, tmp_path):
@@ -46,7 +66,9 @@ def test_resume_gives_the_same_run(tiny_data, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     batches_a, batches_b = a["ranks"][0]["stateful"]["batches"], b["ranks"][0]["stateful"]["batches"]
     assert batches_a["scheduler"] == batches_b["scheduler"] and batches_a["sampler"] == batches_b["sampler"]
-    assert list(csv.reader((tmp_path / "a" / "log.csv").open())) == list(csv.reader((tmp_path / "b" / "log.csv").open()))
+    assert list(csv.reader((tmp_path / "a" / "log.csv").open())) == list(
+        csv.reader((tmp_path / "b" / "log.csv").open())
+    )
     assert full["stage_changes"] == resumed["stage_changes"]
 
 

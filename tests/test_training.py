@@ -57,7 +57,9 @@ def _hand_wired(losses, **kw):
 
 
 def _batches(**kw):
-    return SteppedBatches(LABELS, STAGES, margin_fn="hinge", patience=3, smoothing=0.5, guard=True, guard_patience=4, seed=7, **kw)
+    return SteppedBatches(
+        LABELS, STAGES, margin_fn="hinge", patience=3, smoothing=0.5, guard=True, guard_patience=4, seed=7, **kw
+    )
 
 
 def test_equals_the_hand_wired_sampler_and_scheduler():
@@ -236,7 +238,9 @@ def _setup(tmp_path, seed=0):
     batches = SteppedBatches(LABELS, STAGES, margin_fn="hinge", patience=2, seed=1)
     miner = RandomMiner(seed=5)
     gen = torch.Generator().manual_seed(9)
-    ckpt = TrainingCheckpoint(tmp_path / "ckpt.pt", model=model, optimizer=opt, stateful={"batches": batches, "miner": miner, "gen": gen})
+    ckpt = TrainingCheckpoint(
+        tmp_path / "ckpt.pt", model=model, optimizer=opt, stateful={"batches": batches, "miner": miner, "gen": gen}
+    )
     return model, opt, batches, miner, gen, ckpt
 
 
@@ -253,7 +257,9 @@ def _train(model, opt, batches, miner, gen, steps):
         loss.backward()
         opt.step()
         batches.step(loss)
-        trace.append((float(loss.detach()), torch.rand(1, generator=gen).item(), float(np.random.rand()), random.random()))
+        trace.append(
+            (float(loss.detach()), torch.rand(1, generator=gen).item(), float(np.random.rand()), random.random())
+        )
     return trace
 
 
@@ -326,7 +332,12 @@ def test_checkpoint_refuses_a_run_it_does_not_fit(tmp_path):
     other = TrainingCheckpoint(ckpt.path, model=model, optimizer=opt, stateful={"batches": batches})
     with pytest.raises(CheckpointError, match="holds state for"):
         other.restore()
-    bigger = TrainingCheckpoint(ckpt.path, model=torch.nn.Linear(6, 5), optimizer=None, stateful={"batches": batches, "miner": miner, "gen": gen})
+    bigger = TrainingCheckpoint(
+        ckpt.path,
+        model=torch.nn.Linear(6, 5),
+        optimizer=None,
+        stateful={"batches": batches, "miner": miner, "gen": gen},
+    )
     with pytest.raises(CheckpointError, match="parameters differ|optimiser"):
         bigger.restore()
     state = torch.load(ckpt.path, weights_only=True)

@@ -101,7 +101,9 @@ def test_triplet_loss_validation():
         TripletLoss(miner="offline")
     with pytest.raises(ValueError, match="not available with the batch_all miner"):
         TripletLoss(miner="batch_all", reduction="none")
-    with pytest.raises(UnknownNameError, match="unknown miner 'hard'; valid names: batch_all, batch_hard, offline, random"):
+    with pytest.raises(
+        UnknownNameError, match="unknown miner 'hard'; valid names: batch_all, batch_hard, offline, random"
+    ):
         TripletLoss(miner="hard")
 
 

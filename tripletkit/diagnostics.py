@@ -196,7 +196,9 @@ class CollapseMonitor:
     def collapsed(self) -> bool:
         return self._collapsed
 
-    def update(self, embeddings: Tensor, labels: Tensor | None = None, loss: float | Tensor | None = None) -> EmbeddingStats:
+    def update(
+        self, embeddings: Tensor, labels: Tensor | None = None, loss: float | Tensor | None = None
+    ) -> EmbeddingStats:
         raw = embedding_stats(embeddings, labels, self.margin_fn, self.loss_tol, self.distance)
         mean_distance = raw["mean_distance"]
         if self.reference_distance is None and mean_distance > 0:

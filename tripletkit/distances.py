@@ -27,14 +27,14 @@ from .registry import Registry
 __all__ = ["DISTANCES", "Distance", "EuclideanDistance", "SquaredEuclideanDistance", "CosineDistance"]
 
 DISTANCES: Registry[Distance] = Registry(
-    "distance", check=lambda d: all(callable(getattr(d, m, None)) for m in ("matrix", "paired", "ranking")),
+    "distance",
+    check=lambda d: all(callable(getattr(d, m, None)) for m in ("matrix", "paired", "ranking")),
     expected="object with matrix, paired and ranking methods",
 )
 
 
 class Distance:
     """Base class; subclasses implement ``matrix``, ``paired`` and ``ranking``."""
-
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -71,7 +71,6 @@ class Distance:
 class EuclideanDistance(Distance):
     """``||x − y||`` (plain, not squared); gradient 0 where two points coincide."""
 
-
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.euclidean_matrix(x, y)
 
@@ -92,7 +91,6 @@ class EuclideanDistance(Distance):
 class SquaredEuclideanDistance(Distance):
     """``||x − y||²``."""
 
-
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.squared_euclidean_matrix(x, y)
 
@@ -112,7 +110,6 @@ class SquaredEuclideanDistance(Distance):
 @DISTANCES.register("cosine")
 class CosineDistance(Distance):
     """``1 − cos(x, y)`` in [0, 2]; a zero vector is at distance 1 from everything but itself."""
-
 
     def matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return F.cosine_matrix(x, y)

@@ -29,7 +29,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "is_distributed", "world_size", "rank", "gather_with_grad", "scale_for_ddp", "all_reduce_mean", "all_reduce_mean_tensor",
+    "is_distributed",
+    "world_size",
+    "rank",
+    "gather_with_grad",
+    "scale_for_ddp",
+    "all_reduce_mean",
+    "all_reduce_mean_tensor",
     "all_gather_objects",
 ]
 
@@ -74,7 +80,9 @@ def _insert_local(gathered: Tensor, x: Tensor, r: int, w: int) -> Tensor:
     """``gathered`` (W·n, …) with rank ``r``'s block replaced by ``x`` (which carries the gradient)."""
     n = x.shape[0]
     if gathered.shape[0] != w * n:
-        raise ValueError(f"all_gather returned {gathered.shape[0]} rows for {w} replicas of {n}: on XLA every replica needs the same local batch size")
+        raise ValueError(
+            f"all_gather returned {gathered.shape[0]} rows for {w} replicas of {n}: on XLA every replica needs the same local batch size"
+        )
     return torch.cat([gathered[: r * n], x, gathered[(r + 1) * n :]])
 
 

@@ -31,7 +31,9 @@ __all__ = ["MARGINS", "MarginFunction", "HingeMargin", "SoftplusMargin"]
 
 MARGINS: Registry[MarginFunction] = Registry(
     "margin function",
-    check=lambda m: callable(m) and all(hasattr(m, a) for a in ("margin", "collapse_value", "activation", "activation_grad")),
+    check=lambda m: (
+        callable(m) and all(hasattr(m, a) for a in ("margin", "collapse_value", "activation", "activation_grad"))
+    ),
     expected="MarginFunction-like object (margin, collapse_value, activation, activation_grad)",
 )
 

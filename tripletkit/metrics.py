@@ -89,7 +89,9 @@ def precision_recall(
     return precision, recall
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray, numpos: int | None = None, ties: str = "reference") -> float:
+def average_precision(
+    scores: np.ndarray, labels: np.ndarray, numpos: int | None = None, ties: str = "reference"
+) -> float:
     """Trapezoidal area under the precision-recall curve (the benchmark's "AP")."""
     precision, recall = precision_recall(scores, labels, numpos, ties)
     return float(_trapezoid(precision, recall))

@@ -35,7 +35,16 @@ from .functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss
 from .functional.miners import Triplets, mine_batch_hard
 from .registry import Registry
 
-__all__ = ["MINERS", "Miner", "BatchHardMiner", "RandomMiner", "SemiHardMiner", "BatchAllMiner", "OfflineMiner", "Triplets"]
+__all__ = [
+    "MINERS",
+    "Miner",
+    "BatchHardMiner",
+    "RandomMiner",
+    "SemiHardMiner",
+    "BatchAllMiner",
+    "OfflineMiner",
+    "Triplets",
+]
 
 MINERS: Registry[Miner] = Registry("miner", check=callable, expected="callable miner(embeddings, labels) -> Triplets")
 
@@ -103,7 +112,6 @@ class _SeededMiner(Miner):
 class BatchHardMiner(Miner):
     """Furthest positive and nearest negative per anchor; ``swap`` adds HardNet's anchor swap."""
 
-
     def __init__(
         self, distance: str | dict | Distance = "euclidean", swap: bool = False, max_class_size: int | None = None
     ) -> None:
@@ -124,7 +132,12 @@ class BatchHardMiner(Miner):
         if distance != self.distance:
             return None  # mined with one distance, scored with another: the general path
         return batch_hard_triplet_loss(
-            embeddings, labels, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap or self.swap,
+            embeddings,
+            labels,
+            distance=distance,
+            margin_fn=margin_fn,
+            reduction=reduction,
+            swap=swap or self.swap,
             max_class_size=self.max_class_size,
         )
 
@@ -135,7 +148,6 @@ class BatchHardMiner(Miner):
 @MINERS.register("random")
 class RandomMiner(_SeededMiner):
     """One uniformly random positive and negative per anchor. ``seed`` makes it reproducible (own generator)."""
-
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
@@ -169,7 +181,9 @@ class SemiHardMiner(Miner):
 
     def __init__(self, distance: str | dict | Distance = "euclidean", max_class_size: int | None = None) -> None:
         self.distance = DISTANCES.build(distance)
-        if max_class_size is not None and (isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1):
+        if max_class_size is not None and (
+            isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1
+        ):
             raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
         self.max_class_size = max_class_size
 
@@ -182,7 +196,9 @@ class SemiHardMiner(Miner):
 
     def check_loss_options(self, *, reduction: str, swap: bool) -> None:
         if reduction == "none":
-            raise ValueError("reduction='none' is not available with the semihard miner (one value per anchor-positive pair)")
+            raise ValueError(
+                "reduction='none' is not available with the semihard miner (one value per anchor-positive pair)"
+            )
 
     def __repr__(self) -> str:
         return f"SemiHardMiner(distance={self.distance!r}, max_class_size={self.max_class_size})"
@@ -195,7 +211,9 @@ class BatchAllMiner(Miner):
     per_anchor = False
 
     def __init__(self, max_class_size: int | None = None) -> None:
-        if max_class_size is not None and (isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1):
+        if max_class_size is not None and (
+            isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1
+        ):
             raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
         self.max_class_size = max_class_size
 
@@ -212,7 +230,11 @@ class BatchAllMiner(Miner):
         self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
     ) -> Tensor | None:
         loss = batch_all_triplet_loss(
-            embeddings, labels, distance=distance, margin_fn=margin_fn, reduction=reduction,
+            embeddings,
+            labels,
+            distance=distance,
+            margin_fn=margin_fn,
+            reduction=reduction,
             max_class_size=self.max_class_size,
         )
         assert isinstance(loss, Tensor)  # without return_stats the loss alone

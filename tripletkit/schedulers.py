@@ -33,7 +33,9 @@ from .registry import Registry
 
 __all__ = ["SCHEDULERS", "SteppedBatchScheduler", "StageChange", "STUDY_STAGES"]
 
-SCHEDULERS: Registry[Any] = Registry("scheduler", check=lambda s: callable(getattr(s, "step", None)), expected="object with a step(loss) method")
+SCHEDULERS: Registry[Any] = Registry(
+    "scheduler", check=lambda s: callable(getattr(s, "step", None)), expected="object with a step(loss) method"
+)
 logger = logging.getLogger("tripletkit.schedulers")
 
 STUDY_STAGES: tuple[tuple[int, int], ...] = ((16, 2), (16, 4), (32, 4), (64, 4), (64, 8), (128, 8))
@@ -213,8 +215,15 @@ class SteppedBatchScheduler:
     def _change(self, to_stage: int, reason: str, smoothed: float) -> None:
         S, K = self.stages[to_stage]
         event = StageChange(
-            step=self.steps, from_stage=self.stage, to_stage=to_stage, S=S, K=K, batch_size=S * K,
-            smoothed_loss=smoothed, threshold=self.threshold, reason=reason,
+            step=self.steps,
+            from_stage=self.stage,
+            to_stage=to_stage,
+            S=S,
+            K=K,
+            batch_size=S * K,
+            smoothed_loss=smoothed,
+            threshold=self.threshold,
+            reason=reason,
         )
         self.stage = to_stage
         self._advanced_into = reason == "advance"
@@ -222,8 +231,15 @@ class SteppedBatchScheduler:
         self.events.append(event)
         logger.info(
             "stepped batch: %s to stage %d/%d (S=%d, K=%d, batch %d) at step %d, smoothed loss %.4f vs threshold %.4f",
-            "advanced" if reason == "advance" else "went back", to_stage + 1, len(self.stages), S, K, S * K,
-            self.steps, smoothed, self.threshold,
+            "advanced" if reason == "advance" else "went back",
+            to_stage + 1,
+            len(self.stages),
+            S,
+            K,
+            S * K,
+            self.steps,
+            smoothed,
+            self.threshold,
         )
         for callback in self.callbacks:
             callback(event)
@@ -247,7 +263,18 @@ class SteppedBatchScheduler:
         """All or nothing: every field is checked before any is applied; a bad state raises ``ValueError``."""
         if not isinstance(state, dict):
             raise ValueError(f"scheduler state must be a dict, got {type(state).__name__}")
-        missing = {"stages", "threshold", "stage", "steps", "ema", "ema_steps", "below", "above", "advanced_into", "events"} - set(state)
+        missing = {
+            "stages",
+            "threshold",
+            "stage",
+            "steps",
+            "ema",
+            "ema_steps",
+            "below",
+            "above",
+            "advanced_into",
+            "events",
+        } - set(state)
         if missing:
             raise ValueError(f"scheduler state lacks {sorted(missing)}")
         try:
@@ -261,7 +288,12 @@ class SteppedBatchScheduler:
 
         def count(name: str, upper: int | None = None) -> int:
             value = state[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (upper is not None and value >= upper):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 0
+                or (upper is not None and value >= upper)
+            ):
                 bound = f" and < {upper}" if upper is not None else ""
                 raise ValueError(f"scheduler state field {name!r} must be an int >= 0{bound}, got {value!r}")
             return value
@@ -285,4 +317,3 @@ class SteppedBatchScheduler:
             f"SteppedBatchScheduler(stage {self.stage + 1}/{len(self.stages)}: S={self.S}, K={self.K}; "
             f"threshold={self.threshold:.4g}, patience={self.patience}, smoothing={self.smoothing}, guard={self.guard})"
         )
-

@@ -41,7 +41,9 @@ def sift_descriptors(patches: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
-def model_descriptors(model: torch.nn.Module, input_size: int = 32, batch_size: int = 1024, device: str | torch.device = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+def model_descriptors(
+    model: torch.nn.Module, input_size: int = 32, batch_size: int = 1024, device: str | torch.device = "cpu"
+) -> Callable[[np.ndarray], np.ndarray]:
     """A describe function for a trained network that takes (B, 1, s, s) float patches in [0, 255]."""
     device = torch.device(device)
 

@@ -24,55 +24,146 @@ STAGES = ("denoise", "descriptor", "evaluate")
 # K 2 → 8 (bh1024), "starting with weights from the baseline model": under --experiment all the batch-hard presets
 # start from the baseline run's descriptor (INIT_FROM); run alone, pass --init-descriptor.
 PRESETS: dict[str, dict[str, Any]] = {
-    "baseline": dict(denoiser="shallow", miner="random", margin_fn="hinge", margin=1.0, optimizer="sgd", lr=0.1, momentum=0.0, stages_sk="25x2", scheduler="none"),
-    "soft-baseline": dict(denoiser="deep", miner="random", margin_fn="softplus", margin=0.0, optimizer="sgd", lr=0.1, momentum=0.0, stages_sk="25x2", scheduler="none"),
-    "bh128": dict(denoiser="deep", miner="batch_hard", margin_fn="hinge", margin=1.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4", scheduler="stepped_batch"),
-    "bh1024": dict(denoiser="deep", miner="batch_hard", margin_fn="hinge", margin=1.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4,64x6,128x8", scheduler="stepped_batch"),
-    "soft-bh1024": dict(denoiser="deep", miner="batch_hard", margin_fn="softplus", margin=0.0, optimizer="adam", lr=2e-4, stages_sk="32x2,32x4,64x6,128x8", scheduler="stepped_batch"),
+    "baseline": dict(
+        denoiser="shallow",
+        miner="random",
+        margin_fn="hinge",
+        margin=1.0,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.0,
+        stages_sk="25x2",
+        scheduler="none",
+    ),
+    "soft-baseline": dict(
+        denoiser="deep",
+        miner="random",
+        margin_fn="softplus",
+        margin=0.0,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.0,
+        stages_sk="25x2",
+        scheduler="none",
+    ),
+    "bh128": dict(
+        denoiser="deep",
+        miner="batch_hard",
+        margin_fn="hinge",
+        margin=1.0,
+        optimizer="adam",
+        lr=2e-4,
+        stages_sk="32x2,32x4",
+        scheduler="stepped_batch",
+    ),
+    "bh1024": dict(
+        denoiser="deep",
+        miner="batch_hard",
+        margin_fn="hinge",
+        margin=1.0,
+        optimizer="adam",
+        lr=2e-4,
+        stages_sk="32x2,32x4,64x6,128x8",
+        scheduler="stepped_batch",
+    ),
+    "soft-bh1024": dict(
+        denoiser="deep",
+        miner="batch_hard",
+        margin_fn="softplus",
+        margin=0.0,
+        optimizer="adam",
+        lr=2e-4,
+        stages_sk="32x2,32x4,64x6,128x8",
+        scheduler="stepped_batch",
+    ),
 }
 INIT_FROM = {"bh128": "baseline", "bh1024": "baseline", "soft-bh1024": "baseline"}
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
-DEFAULTS: dict[str, Any] = dict(denoiser="shallow", miner="batch_hard", margin_fn="hinge", margin=None, optimizer="adam", lr=2e-4, momentum=0.9, stages_sk="16x2,16x4,32x4", scheduler="stepped_batch")
+DEFAULTS: dict[str, Any] = dict(
+    denoiser="shallow",
+    miner="batch_hard",
+    margin_fn="hinge",
+    margin=None,
+    optimizer="adam",
+    lr=2e-4,
+    momentum=0.9,
+    stages_sk="16x2,16x4,32x4",
+    scheduler="stepped_batch",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="HPatches pipeline: denoise, descriptor, evaluate.")
     p.add_argument("--data", type=Path, help="hpatches-release or N-HPatches folder (default: the embedded default)")
-    p.add_argument("--sequences", type=Path, help="image sequences with homographies: extract an hpatches-release dataset first")
+    p.add_argument(
+        "--sequences", type=Path, help="image sequences with homographies: extract an hpatches-release dataset first"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/default"))
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--experiment", choices=sorted(PRESETS) + ["all"], help="a preset of the study's table (flags given explicitly win); all: every preset and one table")
+    p.add_argument(
+        "--experiment",
+        choices=sorted(PRESETS) + ["all"],
+        help="a preset of the study's table (flags given explicitly win); all: every preset and one table",
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "xla"])
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="autocast dtype of the training forward passes")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="autocast dtype of the training forward passes",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    p.add_argument("--xla-launch", action="store_true", help="with --device xla: one process per local XLA device (torch_xla.launch), e.g. on each TPU VM host of a pod")
+    p.add_argument(
+        "--xla-launch",
+        action="store_true",
+        help="with --device xla: one process per local XLA device (torch_xla.launch), e.g. on each TPU VM host of a pod",
+    )
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("denoiser")
     g.add_argument("--denoiser", default=None, choices=["shallow", "deep", "none"])
     g.add_argument("--denoise-steps", type=int, default=300)
-    g.add_argument("--denoise-epochs", type=float, default=None, help="instead of --denoise-steps: passes over the training pairs")
+    g.add_argument(
+        "--denoise-epochs", type=float, default=None, help="instead of --denoise-steps: passes over the training pairs"
+    )
     g.add_argument("--denoise-batch", type=int, default=256)
     g.add_argument("--denoise-lr", type=float, default=1e-3)
     g = p.add_argument_group("descriptor")
     g.add_argument("--miner", default=None, choices=["random", "batch_hard", "batch_all", "offline"])
-    g.add_argument("--offline-every", type=int, default=200, help="offline miner: re-mine the training bank every N steps")
+    g.add_argument(
+        "--offline-every", type=int, default=200, help="offline miner: re-mine the training bank every N steps"
+    )
     g.add_argument("--margin-fn", default=None, choices=["hinge", "softplus"])
     g.add_argument("--margin", type=float, default=None)
     g.add_argument("--distance", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
     g.add_argument("--optimizer", default=None, choices=["adam", "sgd"])
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9; the study's baselines: 0)")
-    g.add_argument("--init-descriptor", type=Path, default=None, help="start the descriptor from these L2-Net weights (a descriptor.pt)")
+    g.add_argument(
+        "--init-descriptor",
+        type=Path,
+        default=None,
+        help="start the descriptor from these L2-Net weights (a descriptor.pt)",
+    )
     g.add_argument("--stages-sk", default=None, help="S×K per stage, e.g. 32x2,32x4 (one entry: a fixed S×K)")
     g.add_argument("--scheduler", default=None, choices=["none", "stepped_batch"])
     g.add_argument("--patience", type=int, default=50)
     g.add_argument("--steps", type=int, default=300, help="descriptor training steps")
-    g.add_argument("--epochs", type=float, default=None, help="instead of --steps: train until epochs × (training patches) patches have been used (batches grow with the stages)")
-    g.add_argument("--eval-every", type=int, default=250, help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)")
+    g.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="instead of --steps: train until epochs × (training patches) patches have been used (batches grow with the stages)",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=250,
+        help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)",
+    )
     g.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     g.add_argument("--checkpoint-every", type=int, default=50)
     g.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
@@ -134,7 +225,9 @@ class Config:
         as the training set has, over all replicas)."""
         if self.denoise_epochs is None:
             return self
-        return self.replace(denoise_steps=max(1, math.ceil(self.denoise_epochs * train_pairs / (self.denoise_batch * world))))
+        return self.replace(
+            denoise_steps=max(1, math.ceil(self.denoise_epochs * train_pairs / (self.denoise_batch * world)))
+        )
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -166,7 +259,17 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise SystemExit(f"error: unknown stage(s) {', '.join(bad)}; valid: {', '.join(STAGES)}")
-    for name in ("steps", "denoise_steps", "denoise_batch", "patience", "checkpoint_every", "monitor_every", "offline_every", "verification_pairs", "queries"):
+    for name in (
+        "steps",
+        "denoise_steps",
+        "denoise_batch",
+        "patience",
+        "checkpoint_every",
+        "monitor_every",
+        "offline_every",
+        "verification_pairs",
+        "queries",
+    ):
         if values[name] < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {values[name]}")
     for name in ("epochs", "denoise_epochs"):

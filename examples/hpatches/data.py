@@ -25,7 +25,15 @@ import numpy as np
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.patches import PatchFileError, read_patch_column, resize_patches
 
-__all__ = ["PatchDataset", "write_hpatches_sequence", "write_nhpatches_sequence", "load_dataset", "detect_format", "make_splits", "write_splits"]
+__all__ = [
+    "PatchDataset",
+    "write_hpatches_sequence",
+    "write_nhpatches_sequence",
+    "load_dataset",
+    "detect_format",
+    "make_splits",
+    "write_splits",
+]
 
 
 @dataclass
@@ -87,7 +95,9 @@ def write_hpatches_sequence(root: str | os.PathLike, name: str, patches: dict[st
     return folder
 
 
-def write_nhpatches_sequence(root: str | os.PathLike, name: str, clean: dict[str, np.ndarray], noisy: dict[str, np.ndarray]) -> Path:
+def write_nhpatches_sequence(
+    root: str | os.PathLike, name: str, clean: dict[str, np.ndarray], noisy: dict[str, np.ndarray]
+) -> Path:
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     for t in IMAGE_TYPES:

@@ -72,7 +72,9 @@ class DescriptorSet(Mapping):
     def require(self, sequences: Iterable[str]) -> None:
         missing = [s for s in sequences if s not in self._data]
         if missing:
-            raise ValueError(f"descriptors are missing for {len(missing)} sequence(s) of the split: {', '.join(missing[:8])}")
+            raise ValueError(
+                f"descriptors are missing for {len(missing)} sequence(s) of the split: {', '.join(missing[:8])}"
+            )
 
 
 def _read_csv(path: Path, delimiter: str) -> np.ndarray:
@@ -127,7 +129,13 @@ def read_descriptor_dir(
     return DescriptorSet(data)
 
 
-def write_descriptor_dir(descriptors: Mapping[str, Mapping[str, np.ndarray]], root: str | os.PathLike, *, delimiter: str = ",", fmt: str = "%.9g") -> None:
+def write_descriptor_dir(
+    descriptors: Mapping[str, Mapping[str, np.ndarray]],
+    root: str | os.PathLike,
+    *,
+    delimiter: str = ",",
+    fmt: str = "%.9g",
+) -> None:
     """Write the benchmark layout; ``read_descriptor_dir`` reads it back exactly for float32 values."""
     root = Path(root)
     for seq, per_type in descriptors.items():
@@ -137,5 +145,3 @@ def write_descriptor_dir(descriptors: Mapping[str, Mapping[str, np.ndarray]], ro
             tmp = path.with_suffix(".csv.tmp")
             np.savetxt(tmp, np.asarray(per_type[t], dtype=np.float32), delimiter=delimiter, fmt=fmt)
             os.replace(tmp, path)
-
-

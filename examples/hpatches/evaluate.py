@@ -42,7 +42,15 @@ from tripletkit_hpatches.tasks import (
 LEVELS = ("e", "h", "t")
 POOL_SIZES = (100, 500, 1000, 5000, 10000, 15000, 20000)
 
-__all__ = ["evaluate", "evaluate_verification", "evaluate_matching", "evaluate_retrieval", "results_table", "LEVELS", "POOL_SIZES"]
+__all__ = [
+    "evaluate",
+    "evaluate_verification",
+    "evaluate_matching",
+    "evaluate_retrieval",
+    "results_table",
+    "LEVELS",
+    "POOL_SIZES",
+]
 
 
 def _type(image_id: int, level: str) -> str:
@@ -68,7 +76,10 @@ class _PairIndex:
         self.offset = (np.cumsum(np.repeat(counts, 6)) - np.repeat(counts, 6)).reshape(len(seqs), 6)
         self.rows = {}
         for kind, p in pairs.items():
-            self.rows[kind] = (self._rows(p.s1, p.t1, p.idx1, counts, kind), self._rows(p.s2, p.t2, p.idx2, counts, kind))
+            self.rows[kind] = (
+                self._rows(p.s1, p.t1, p.idx1, counts, kind),
+                self._rows(p.s2, p.t2, p.idx2, counts, kind),
+            )
 
     def _rows(self, s, t, idx, counts, kind) -> torch.Tensor:
         sid = pd.Categorical(s, categories=self.seqs).codes.astype(np.int64)
@@ -77,7 +88,9 @@ class _PairIndex:
         bad = (idx < 0) | (idx >= counts[sid])
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"verification {kind} row {r}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)")
+            raise ValueError(
+                f"verification {kind} row {r}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)"
+            )
         return torch.from_numpy(self.offset[sid, t] + idx)
 
     def table(self, level: str) -> torch.Tensor:
@@ -116,7 +129,9 @@ def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPair
 
 
 # --------------------------------------------------------------------------------------------------- matching
-def _nearest_neighbours(ref: torch.Tensor, target: torch.Tensor, ties: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nearest_neighbours(
+    ref: torch.Tensor, target: torch.Tensor, ties: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact nearest neighbour of every ref row in target: (index, float64 distance, unique-minimum flag).
 
     A float32 Gram matrix proposes the two nearest candidates per row; where they are clearly apart the first is the
@@ -217,7 +232,9 @@ def evaluate_retrieval(
 
 
 # --------------------------------------------------------------------------------------------------- all tasks
-def ensure_verification(tasks_dir: Path, split: Split, desc: DescriptorSet, progress: bool = True) -> dict[str, VerificationPairs]:
+def ensure_verification(
+    tasks_dir: Path, split: Split, desc: DescriptorSet, progress: bool = True
+) -> dict[str, VerificationPairs]:
     """Read the split's verification files; generate them (benchmark generator, real counts) only when none of the
     three exists. A partial or malformed set is an error, never overwritten."""
     names = [f"verif_{k}_split-{split.name}.csv" for k in ("pos", "neg_intra", "neg_inter")]
@@ -249,7 +266,11 @@ def evaluate(
     for task in tasks:
         t0 = time.perf_counter()
         if task == "verification":
-            pairs = ensure_verification(tasks_dir, sp, desc, progress) if generate_missing else read_verification(tasks_dir, sp.name)
+            pairs = (
+                ensure_verification(tasks_dir, sp, desc, progress)
+                if generate_missing
+                else read_verification(tasks_dir, sp.name)
+            )
             out["verification_detail"] = evaluate_verification(desc, pairs, ties)
             out["verification"] = out["verification_detail"]["mean"]
         elif task == "matching":
@@ -346,19 +367,34 @@ def _jsonable(obj):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Evaluate HPatches descriptors (verification, matching, retrieval).")
     p.add_argument("--descr-dir", required=True, type=Path, help="descriptor CSVs: DIR/<sequence>/<type>.csv")
-    p.add_argument("--tasks", required=True, type=Path, help="the benchmark's tasks folder (splits.json, verif_*, retr_*)")
+    p.add_argument(
+        "--tasks", required=True, type=Path, help="the benchmark's tasks folder (splits.json, verif_*, retr_*)"
+    )
     p.add_argument("--split", default="a")
     p.add_argument("--delimiter", default=",")
     p.add_argument("--ties", default="reference", choices=TIES)
-    p.add_argument("--task", action="append", choices=["verification", "matching", "retrieval"], help="default: all three")
-    p.add_argument("--generate-missing", action="store_true", help="generate absent verification files (benchmark generator, real counts) into --tasks")
+    p.add_argument(
+        "--task", action="append", choices=["verification", "matching", "retrieval"], help="default: all three"
+    )
+    p.add_argument(
+        "--generate-missing",
+        action="store_true",
+        help="generate absent verification files (benchmark generator, real counts) into --tasks",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--figure", type=Path, help="write the bar chart here (PNG)")
     a = p.parse_args(argv)
     try:
         sp = load_split(a.tasks, a.split)
         desc = read_descriptor_dir(a.descr_dir, sequences=sp.test, delimiter=a.delimiter)
-        result = evaluate(desc, a.tasks, a.split, tasks=a.task or ("verification", "matching", "retrieval"), ties=a.ties, generate_missing=a.generate_missing)
+        result = evaluate(
+            desc,
+            a.tasks,
+            a.split,
+            tasks=a.task or ("verification", "matching", "retrieval"),
+            ties=a.ties,
+            generate_missing=a.generate_missing,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["JITTER", "SequenceImages", "Frames", "load_sequence", "detect", "select_frames", "extract_sequence", "region_overlap", "SequenceFileError"]
+__all__ = [
+    "JITTER",
+    "SequenceImages",
+    "Frames",
+    "load_sequence",
+    "detect",
+    "select_frames",
+    "extract_sequence",
+    "region_overlap",
+    "SequenceFileError",
+]
 
 PATCH = 65
 LEVELS = ("e", "h", "t")
@@ -105,7 +115,14 @@ def load_sequence(folder: str | os.PathLike, max_images: int = 6) -> SequenceIma
         raise SequenceFileError(f"{folder}: not a directory")
     images, hs = [], []
     for k in range(1, max_images + 1):
-        path = next((folder / f"{k}{ext}" for ext in (".png", ".ppm", ".pgm", ".jpg", ".jpeg") if (folder / f"{k}{ext}").exists()), None)
+        path = next(
+            (
+                folder / f"{k}{ext}"
+                for ext in (".png", ".ppm", ".pgm", ".jpg", ".jpeg")
+                if (folder / f"{k}{ext}").exists()
+            ),
+            None,
+        )
         if path is None:
             if k <= 2:
                 raise SequenceFileError(f"{folder / f'{k}.png'}: missing")
@@ -131,7 +148,12 @@ def detect(image: np.ndarray, max_per_detector: int = 4000) -> Frames:
     doh = blob_doh(img, min_sigma=2.0, max_sigma=12.0, num_sigma=8, threshold=0.002)
     found.append(doh[:max_per_detector, :3])
     for s in (1.6, 2.4, 3.6, 5.4):
-        peaks = corner_peaks(corner_harris(img, sigma=s), min_distance=max(1, int(round(2 * s))), threshold_rel=0.02, num_peaks=max_per_detector // 4)
+        peaks = corner_peaks(
+            corner_harris(img, sigma=s),
+            min_distance=max(1, int(round(2 * s))),
+            threshold_rel=0.02,
+            num_peaks=max_per_detector // 4,
+        )
         found.append(np.column_stack([peaks.astype(float), np.full(len(peaks), s)]))
     rcs = np.concatenate([f for f in found if len(f)]) if any(len(f) for f in found) else np.zeros((0, 3))
     return Frames(x=rcs[:, 1].astype(np.float64), y=rcs[:, 0].astype(np.float64), sigma=rcs[:, 2].astype(np.float64))
@@ -165,8 +187,11 @@ def _disc_iou(x1, y1, r1, x2, y2, r2) -> np.ndarray:
         dd, rr1, rr2 = d[part], np.broadcast_to(r1, d.shape)[part], r2[part]
         c1 = np.clip((dd**2 + rr1**2 - rr2**2) / (2 * dd * rr1), -1, 1)
         c2 = np.clip((dd**2 + rr2**2 - rr1**2) / (2 * dd * rr2), -1, 1)
-        inter[part] = rr1**2 * np.arccos(c1) + rr2**2 * np.arccos(c2) - 0.5 * np.sqrt(
-            np.clip((-dd + rr1 + rr2) * (dd + rr1 - rr2) * (dd - rr1 + rr2) * (dd + rr1 + rr2), 0, None)
+        inter[part] = (
+            rr1**2 * np.arccos(c1)
+            + rr2**2 * np.arccos(c2)
+            - 0.5
+            * np.sqrt(np.clip((-dd + rr1 + rr2) * (dd + rr1 - rr2) * (dd - rr1 + rr2) * (dd + rr1 + rr2), 0, None))
         )
     return inter / (a1 + a2 - inter)
 
@@ -214,10 +239,18 @@ def dominant_orientation(image: np.ndarray, frames: Frames) -> np.ndarray:
         ang = np.arctan2(dy, dx)
         bins = ((ang + np.pi) / (2 * np.pi) * 36).astype(int) % 36
         hist = np.zeros((xs.shape[0], 36))
-        np.add.at(hist, (np.repeat(np.arange(xs.shape[0]), w[0].size), bins.reshape(xs.shape[0], -1).ravel()), w.reshape(xs.shape[0], -1).ravel())
+        np.add.at(
+            hist,
+            (np.repeat(np.arange(xs.shape[0]), w[0].size), bins.reshape(xs.shape[0], -1).ravel()),
+            w.reshape(xs.shape[0], -1).ravel(),
+        )
         hist = (np.roll(hist, 1, 1) + 2 * hist + np.roll(hist, -1, 1)) / 4  # smoothing, as Lowe
         k = hist.argmax(1)
-        left, mid, right = hist[np.arange(len(k)), (k - 1) % 36], hist[np.arange(len(k)), k], hist[np.arange(len(k)), (k + 1) % 36]
+        left, mid, right = (
+            hist[np.arange(len(k)), (k - 1) % 36],
+            hist[np.arange(len(k)), k],
+            hist[np.arange(len(k)), (k + 1) % 36],
+        )
         den = left - 2 * mid + right
         offset = np.where(np.abs(den) > 1e-12, 0.5 * (left - right) / np.where(den == 0, 1, den), 0.0)
         theta[sl] = (k + 0.5 + offset) / 36 * 2 * np.pi - np.pi

@@ -50,10 +50,19 @@ class L2Net(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout, affine=False), nn.ReLU()]
+            return [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout, affine=False),
+                nn.ReLU(),
+            ]
 
         self.features = nn.Sequential(
-            *block(1, 32), *block(32, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128),
+            *block(1, 32),
+            *block(32, 32),
+            *block(32, 64, 2),
+            *block(64, 64),
+            *block(64, 128, 2),
+            *block(128, 128),
             FastDropout(dropout),
             nn.Conv2d(128, 128, kernel_size=8, bias=False),
             nn.BatchNorm2d(128, affine=False),
@@ -86,7 +95,12 @@ class CourseworkDescriptor(nn.Module):
             return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.features = nn.Sequential(
-            *block(1, 32), *block(32, 32), *block(32, 64, 2), *block(64, 64), *block(64, 128, 2), *block(128, 128),
+            *block(1, 32),
+            *block(32, 32),
+            *block(32, 64, 2),
+            *block(64, 64),
+            *block(64, 128, 2),
+            *block(128, 128),
             FastDropout(dropout),
             nn.Conv2d(128, 128, kernel_size=8),
             nn.BatchNorm2d(128),
@@ -131,8 +145,12 @@ class DeepUNet(nn.Module):
 
         def double(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             )
 
         w = [width, width * 2, width * 4, width * 8]

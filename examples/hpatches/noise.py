@@ -34,7 +34,9 @@ def add_noise(patches: np.ndarray, level: str, rng: np.random.Generator, strengt
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def noise_sequence(clean: dict[str, np.ndarray], name: str, seed: int = 0, strength: float = 1.0) -> dict[str, np.ndarray]:
+def noise_sequence(
+    clean: dict[str, np.ndarray], name: str, seed: int = 0, strength: float = 1.0
+) -> dict[str, np.ndarray]:
     """Noisy versions of the 16 types of one sequence; deterministic for (seed, sequence name, type)."""
     out = {}
     for t in IMAGE_TYPES:

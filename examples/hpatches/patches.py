@@ -33,7 +33,9 @@ def read_patch_column(path: str | os.PathLike, patch_size: int = 65) -> np.ndarr
         raise PatchFileError(f"{path}: expected a grayscale image, got shape {a.shape}")
     h, w = a.shape
     if w != patch_size:
-        raise PatchFileError(f"{path}: width {w}, expected {patch_size} (one column of {patch_size}×{patch_size} patches)")
+        raise PatchFileError(
+            f"{path}: width {w}, expected {patch_size} (one column of {patch_size}×{patch_size} patches)"
+        )
     if h == 0 or h % patch_size:
         raise PatchFileError(f"{path}: height {h} is not a multiple of {patch_size}")
     return np.ascontiguousarray(a.astype(np.uint8).reshape(h // patch_size, patch_size, patch_size))

@@ -38,7 +38,11 @@ DEFAULT_ROOT = REPO / ".cache" / "hpatches-default"
 def _sequence_folders(root: Path) -> list[Path]:
     if (root / "1.png").exists() or (root / "1.ppm").exists():
         return [root]
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and any((p / f"1{e}").exists() for e in (".png", ".ppm", ".pgm", ".jpg")))
+    folders = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and any((p / f"1{e}").exists() for e in (".png", ".ppm", ".pgm", ".jpg"))
+    )
     if not folders:
         raise SequenceFileError(f"{root}: no sequence folders (each needs 1.png … 6.png and H_1_2 … H_1_6)")
     return folders
@@ -47,7 +51,16 @@ def _sequence_folders(root: Path) -> list[Path]:
 def _summary(rows: list[list], title: str) -> str:
     from tabulate import tabulate
 
-    return title + "\n" + tabulate(rows, headers=["sequence", "patches", "detections", "overlap e", "overlap h", "overlap t", "seconds"], tablefmt="github", floatfmt=".3f")
+    return (
+        title
+        + "\n"
+        + tabulate(
+            rows,
+            headers=["sequence", "patches", "detections", "overlap e", "overlap h", "overlap t", "seconds"],
+            tablefmt="github",
+            floatfmt=".3f",
+        )
+    )
 
 
 def extract_many(sequences, out: Path, max_patches: int, seed: int, synthetic: bool, progress: bool = True) -> dict:
@@ -58,7 +71,9 @@ def extract_many(sequences, out: Path, max_patches: int, seed: int, synthetic: b
     for seq in tqdm(sequences, desc="extracting", disable=not progress):
         r = extract_sequence(seq, max_patches=max_patches, seed=seed)
         write_hpatches_sequence(out, r.name, r.patches)
-        rows.append([r.name, len(r.patches["ref"]), r.detections, r.overlaps["e"], r.overlaps["h"], r.overlaps["t"], r.seconds])
+        rows.append(
+            [r.name, len(r.patches["ref"]), r.detections, r.overlaps["e"], r.overlaps["h"], r.overlaps["t"], r.seconds]
+        )
         for lv in overlaps:
             overlaps[lv].append(r.overlaps[lv])
     names = [r[0] for r in rows]
@@ -89,13 +104,19 @@ def noise_dataset(data: Path, out: Path, seed: int, strength: float, progress: b
             text = (data / extra).read_text()
             if extra == "dataset.json":
                 meta = json.loads(text)
-                meta["noise"] = {"model": "tripletkit (examples/hpatches/noise.py), not the original N-HPatches", "seed": seed, "strength": strength}
+                meta["noise"] = {
+                    "model": "tripletkit (examples/hpatches/noise.py), not the original N-HPatches",
+                    "seed": seed,
+                    "strength": strength,
+                }
                 text = json.dumps(meta, indent=1)
             (out / extra).write_text(text)
     print(f"N-HPatches-layout data written to {out} ({len(ds.sequences)} sequences; noise model: ours, seed {seed})")
 
 
-def build_default(root: Path = DEFAULT_ROOT, max_patches: int = 300, seed: int = 0, force: bool = False, progress: bool = True) -> Path:
+def build_default(
+    root: Path = DEFAULT_ROOT, max_patches: int = 300, seed: int = 0, force: bool = False, progress: bool = True
+) -> Path:
     """Build (once) the embedded default: ``root/hpatches`` and ``root/nhpatches``; returns ``root``."""
     from tripletkit_hpatches.synthetic import load_photos, synthetic_sequences
 
@@ -104,9 +125,13 @@ def build_default(root: Path = DEFAULT_ROOT, max_patches: int = 300, seed: int =
         return root
     t0 = time.perf_counter()
     photos = load_photos()
-    extract_many(synthetic_sequences(photos, seed=seed), root / "hpatches", max_patches, seed, synthetic=True, progress=progress)
+    extract_many(
+        synthetic_sequences(photos, seed=seed), root / "hpatches", max_patches, seed, synthetic=True, progress=progress
+    )
     noise_dataset(root / "hpatches", root / "nhpatches", seed, 1.0, progress=progress)
-    print(f"embedded default (SYNTHETIC, from {len(photos)} scikit-image photographs) built in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"embedded default (SYNTHETIC, from {len(photos)} scikit-image photographs) built in {time.perf_counter() - t0:.0f} s"
+    )
     return root
 
 
@@ -145,4 +170,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -35,11 +35,19 @@ def write_results(cfg: Config, ds: PatchDataset, ev: Evaluation) -> str:
     from tabulate import tabulate
 
     where = "SYNTHETIC embedded default" if ds.synthetic else cfg.data
-    results_figure(ev.ours, cfg.out / "results.png", title=f"{OURS} on {'SYNTHETIC ' if ds.synthetic else ''}data ({len(ev.test)} test sequences)")
+    results_figure(
+        ev.ours,
+        cfg.out / "results.png",
+        title=f"{OURS} on {'SYNTHETIC ' if ds.synthetic else ''}data ({len(ev.test)} test sequences)",
+    )
     tsne_figure(cfg, ds, ev)
     table = [[name, r["verification"], r["matching"], r["retrieval"]] for name, r in ev.summary.items()]
-    md = [f"# Results ({where}; {len(ev.test)} test sequences; ties: reference)", "",
-          tabulate(table, headers=["descriptor", *TASKS], tablefmt="github", floatfmt=".4f"), ""]
+    md = [
+        f"# Results ({where}; {len(ev.test)} test sequences; ties: reference)",
+        "",
+        tabulate(table, headers=["descriptor", *TASKS], tablefmt="github", floatfmt=".4f"),
+        "",
+    ]
     text = "\n".join(md)
     atomic_write_text(cfg.out / "results.md", text)
     return text
@@ -57,7 +65,9 @@ def tsne_figure(cfg: Config, ds: PatchDataset, ev: Evaluation) -> None:
     device = next(model.parameters()).device
     with torch.no_grad():
         emb = model(torch.from_numpy(patches[batch]).float()[:, None].to(device)).cpu().numpy()
-    xy = TSNE(n_components=2, perplexity=min(30, len(batch) - 1) / 2, init="pca", random_state=cfg.seed).fit_transform(emb)
+    xy = TSNE(n_components=2, perplexity=min(30, len(batch) - 1) / 2, init="pca", random_state=cfg.seed).fit_transform(
+        emb
+    )
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(xy[:, 0], xy[:, 1], c=np.repeat(np.arange(len(batch) // k), k), cmap="tab20", s=18)
@@ -107,18 +117,33 @@ def experiments_table(out: Path, table: dict[str, dict]) -> str:
     for name, res in table.items():
         config = json.loads((out / name / "config.json").read_text())
         start = Path(config["init_descriptor"]).parent.name if config.get("init_descriptor") else "scratch"
-        rows.append([name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"], start] + [res[OURS][t] for t in TASKS])
+        rows.append(
+            [name, config["denoiser"], config["miner"], config["margin_fn"], config["stages_sk"], start]
+            + [res[OURS][t] for t in TASKS]
+        )
         for base in ("SIFT", "raw pixels"):
             baselines.setdefault((base, config["denoiser"]), [res[base][t] for t in TASKS])
     for (base, den), vals in baselines.items():
         rows.append([base, den, "", "", "", ""] + vals)
     config = json.loads((out / next(iter(table)) / "config.json").read_text())
     data = "SYNTHETIC embedded default" if config.get("synthetic_data") else config["data"]
-    md = [f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)", "",
-          tabulate(rows, headers=["experiment", "denoiser", "miner", "margin", "S×K stages", "starts from", *TASKS], tablefmt="github", floatfmt=".4f"), ""]
+    md = [
+        f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)",
+        "",
+        tabulate(
+            rows,
+            headers=["experiment", "denoiser", "miner", "margin", "S×K stages", "starts from", *TASKS],
+            tablefmt="github",
+            floatfmt=".4f",
+        ),
+        "",
+    ]
     text = "\n".join(md)
     atomic_write_text(out / "experiments.md", text)
-    atomic_write_text(out / "experiments.json", json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(TASKS, r[6:])) for r in rows}, indent=1))
+    atomic_write_text(
+        out / "experiments.json",
+        json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(TASKS, r[6:])) for r in rows}, indent=1),
+    )
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)

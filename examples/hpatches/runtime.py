@@ -83,7 +83,9 @@ def pick_precision(name: str, device: torch.device) -> str:
     if device.type == "xla":
         return "bf16"
     # oneDNN runs bf16 convolutions natively only with AMX or AVX512-BF16; elsewhere bf16 is emulated and slower
-    native = torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    native = (
+        torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    )
     return "bf16" if native else "fp32"
 
 
@@ -93,7 +95,9 @@ def require_xla() -> None:
     try:
         import torch_xla  # noqa: F401
     except ImportError:
-        raise SystemExit("error: --device xla needs torch-xla (pip install '.[tpu]', which requires torch 2.9)") from None
+        raise SystemExit(
+            "error: --device xla needs torch-xla (pip install '.[tpu]', which requires torch 2.9)"
+        ) from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -126,7 +130,9 @@ def setup_runtime(device: str, precision: str, compile: bool) -> Runtime:
         dist.init_process_group("xla", init_method="xla://", timeout=timeout)
     elif device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if torch.cuda.device_count() <= local:
-            raise SystemExit(f"error: local rank {local} needs CUDA device {local}, but {torch.cuda.device_count()} are available")
+            raise SystemExit(
+                f"error: local rank {local} needs CUDA device {local}, but {torch.cuda.device_count()} are available"
+            )
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
         dist.init_process_group("nccl", timeout=timeout)
@@ -137,5 +143,7 @@ def setup_runtime(device: str, precision: str, compile: bool) -> Runtime:
     if dist.get_world_size() != world:
         got = dist.get_world_size()
         dist.destroy_process_group()
-        raise SystemExit(f"error: WORLD_SIZE is {world} but the process group has {got} process(es); each would write as rank 0")
+        raise SystemExit(
+            f"error: WORLD_SIZE is {world} but the process group has {got} process(es); each would write as rank 0"
+        )
     return Runtime(dev, pick_precision(precision, dev), compile, dist.get_rank(), dist.get_world_size())

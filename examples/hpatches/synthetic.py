@@ -18,8 +18,24 @@ from tripletkit_hpatches.extract import SequenceImages
 __all__ = ["PHOTOS", "load_photos", "synthetic_sequences"]
 
 # Photographs bundled in scikit-image's wheel (no download needed); binary and drawn images are left out.
-PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "gravel", "grass", "hubble_deep_field",
-          "immunohistochemistry", "moon", "page", "rocket", "text", "clock", "motorcycle_left")
+PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "gravel",
+    "grass",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "clock",
+    "motorcycle_left",
+)
 
 
 def load_photos(names=PHOTOS, max_side: int = 640) -> dict[str, np.ndarray]:
@@ -72,7 +88,9 @@ def _warp(image: np.ndarray, hm: np.ndarray) -> np.ndarray:
     sx = (inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]) / den
     sy = (inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]) / den
     grid = torch.from_numpy(np.stack([sx / (w - 1) * 2 - 1, sy / (h - 1) * 2 - 1], -1)).float()[None]
-    out = F.grid_sample(torch.from_numpy(image)[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(
+        torch.from_numpy(image)[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     return out[0, 0].numpy()
 
 
@@ -81,7 +99,9 @@ def _photometric(image: np.ndarray, strength: float, rng: np.random.Generator) -
     x = image / 255.0
     x = np.clip(x, 0, 1) ** np.exp(rng.uniform(-0.5, 0.5) * strength)
     ramp = np.linspace(-1, 1, w)[None, :] * rng.uniform(-1, 1) + np.linspace(-1, 1, h)[:, None] * rng.uniform(-1, 1)
-    x = x * (1 + 0.3 * strength * rng.uniform(-1, 1)) * (1 + 0.25 * strength * ramp) + 0.1 * strength * rng.uniform(-1, 1)
+    x = x * (1 + 0.3 * strength * rng.uniform(-1, 1)) * (1 + 0.25 * strength * ramp) + 0.1 * strength * rng.uniform(
+        -1, 1
+    )
     x = x + rng.normal(0, 0.01 + 0.01 * strength, x.shape)
     return (np.clip(x, 0, 1) * 255.0).astype(np.float32)
 

@@ -16,7 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Split", "VerificationPairs", "RetrievalTask", "load_splits", "load_split", "read_verification", "read_retrieval", "generate_verification", "write_verification", "find_task_file"]
+__all__ = [
+    "Split",
+    "VerificationPairs",
+    "RetrievalTask",
+    "load_splits",
+    "load_split",
+    "read_verification",
+    "read_retrieval",
+    "generate_verification",
+    "write_verification",
+    "find_task_file",
+]
 
 VERIF_KINDS = ("pos", "neg_intra", "neg_inter")
 
@@ -47,7 +58,9 @@ class VerificationPairs:
         return len(self.s1)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"s1": self.s1, "t1": self.t1, "idx1": self.idx1, "s2": self.s2, "t2": self.t2, "idx2": self.idx2})
+        return pd.DataFrame(
+            {"s1": self.s1, "t1": self.t1, "idx1": self.idx1, "s2": self.s2, "t2": self.t2, "idx2": self.idx2}
+        )
 
 
 @dataclass(frozen=True)
@@ -102,8 +115,12 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
         path = find_task_file(tasks_dir, f"verif_{kind}_split-{split}.csv")
         df = _read_table(path, ["s1", "t1", "idx1", "s2", "t2", "idx2"])
         out[kind] = VerificationPairs(
-            df.s1.to_numpy(object), df.t1.to_numpy(np.int64), df.idx1.to_numpy(np.int64),
-            df.s2.to_numpy(object), df.t2.to_numpy(np.int64), df.idx2.to_numpy(np.int64),
+            df.s1.to_numpy(object),
+            df.t1.to_numpy(np.int64),
+            df.idx1.to_numpy(np.int64),
+            df.s2.to_numpy(object),
+            df.t2.to_numpy(np.int64),
+            df.idx2.to_numpy(np.int64),
         )
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) != 1:
@@ -153,7 +170,9 @@ def draw_sequences(rs: np.random.RandomState, test_sequences, n: int) -> np.ndar
     return rs.choice(np.asarray(test_sequences, dtype=object), n)
 
 
-def draw_index_pairs(rs: np.random.RandomState, s: np.ndarray, counts: dict[str, int], progress: bool = False) -> np.ndarray:
+def draw_index_pairs(
+    rs: np.random.RandomState, s: np.ndarray, counts: dict[str, int], progress: bool = False
+) -> np.ndarray:
     """Step 3: for every row in order, two distinct patch indices ``choice(arange(N_s), 2, replace=False)``."""
     from tqdm import tqdm
 

@@ -59,8 +59,13 @@ def run(cfg: Config, rt: Runtime) -> dict:
     ds, split = load_data(data, cfg.seed, progress)
     cfg = cfg.replace(data=data, sequences=None).for_data(16 * sum(ds.num_patches(s) for s in split["train"]), rt.world)
     if rt.main:
-        config = cfg.as_json() | {"synthetic_data": ds.synthetic, "split": split, "device_used": str(rt.device),
-                                  "precision_used": rt.precision, "world_size": rt.world}
+        config = cfg.as_json() | {
+            "synthetic_data": ds.synthetic,
+            "split": split,
+            "device_used": str(rt.device),
+            "precision_used": rt.precision,
+            "world_size": rt.world,
+        }
         atomic_write_text(cfg.out / "config.json", json.dumps(config, indent=1, default=str))
     results: dict = {}
     for stage in cfg.stages:
@@ -94,7 +99,14 @@ def run_all(argv: list[str] | None, cfg: Config, rt: Runtime) -> dict:
     denoised_by: dict[tuple, object] = {}
     table = {}
     for name in PRESETS:
-        b = resolve(build_parser().parse_args(argv), experiment=name, out=cfg.out / name, data=data, sequences=None, quiet=cfg.quiet)
+        b = resolve(
+            build_parser().parse_args(argv),
+            experiment=name,
+            out=cfg.out / name,
+            data=data,
+            sequences=None,
+            quiet=cfg.quiet,
+        )
         if name in INIT_FROM and b.init_descriptor is None and (cfg.out / INIT_FROM[name] / "descriptor.pt").exists():
             b = b.replace(init_descriptor=cfg.out / INIT_FROM[name] / "descriptor.pt")
         key = (b.denoiser, b.denoise_steps, b.denoise_epochs, b.denoise_batch, b.denoise_lr, b.precision, b.seed)
@@ -122,7 +134,9 @@ def _xla_worker(index: int, argv: list[str]) -> None:
     """One replica under ``torch_xla.launch``: the process-group environment comes from the PJRT runtime."""
     import torch_xla.runtime as xr
 
-    os.environ.update(WORLD_SIZE=str(xr.world_size()), RANK=str(xr.global_ordinal()), LOCAL_RANK=str(xr.local_ordinal()))
+    os.environ.update(
+        WORLD_SIZE=str(xr.world_size()), RANK=str(xr.global_ordinal()), LOCAL_RANK=str(xr.local_ordinal())
+    )
     main([x for x in argv if x != "--xla-launch"])
 
 

@@ -98,7 +98,9 @@ def random_triplet_loss(
 ) -> Tensor:
     """One uniformly random valid triplet per anchor (the random-triplet baseline)."""
     triplets = random_triplets(labels, generator=generator)
-    return triplet_margin_loss(embeddings, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap)
+    return triplet_margin_loss(
+        embeddings, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap
+    )
 
 
 class BatchAllStats(dict):

@@ -64,7 +64,9 @@ def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def batch_hard_triplets(ranking: Tensor, labels: Tensor, *, row_offset: Tensor | None = None, swap: bool = False) -> Triplets:
+def batch_hard_triplets(
+    ranking: Tensor, labels: Tensor, *, row_offset: Tensor | None = None, swap: bool = False
+) -> Triplets:
     """Hermans et al.'s batch-hard mining: for every anchor, its furthest positive and nearest negative.
 
     Args:
@@ -215,7 +217,6 @@ def mine_batch_hard(
     return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
 
 
-
 @torch.no_grad()
 def semihard_triplets(
     dist: Tensor, labels: Tensor, *, max_class_size: int | None = None, block_elements: int = 1 << 22
@@ -256,6 +257,7 @@ def semihard_triplets(
     valid = cm.positive & (cm.class_size < n)[:, None]
     anchor = torch.arange(n, device=dist.device)[:, None].expand_as(negative)
     return Triplets(anchor.reshape(-1), cm.members.reshape(-1), negative.reshape(-1), valid.reshape(-1))
+
 
 def _random_other_member(sc: _SortedClasses, rows: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     """A uniformly random member of each row's class other than the row itself (u: uniforms in [0, 1))."""

@@ -72,7 +72,9 @@ class BatchAllLoss(TripletLossBase):
             raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
         self.block_elements = block_elements
 
-    def forward(self, embeddings: Tensor, labels: Tensor, return_stats: bool = False) -> Tensor | tuple[Tensor, BatchAllStats]:
+    def forward(
+        self, embeddings: Tensor, labels: Tensor, return_stats: bool = False
+    ) -> Tensor | tuple[Tensor, BatchAllStats]:
         """Scalar loss; with ``return_stats`` also ``{"num_triplets", "num_active"}`` (0-d int64 tensors)."""
         labels = self._check_inputs(embeddings, labels)
         embeddings, labels = self._gather(embeddings, labels)

@@ -82,10 +82,17 @@ class BatchHardLoss(TripletLossBase):
         """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
         labels = self._check_inputs(embeddings, labels)
         embeddings, labels = self._gather(embeddings, labels)
-        return self._finish(batch_hard_triplet_loss(
-            embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap,
-            max_class_size=self.max_class_size,
-        ))
+        return self._finish(
+            batch_hard_triplet_loss(
+                embeddings,
+                labels,
+                distance=self.distance,
+                margin_fn=self.margin_fn,
+                reduction=self.reduction,
+                swap=self.swap,
+                max_class_size=self.max_class_size,
+            )
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", swap={self.swap}, max_class_size={self.max_class_size}"

@@ -80,11 +80,23 @@ class TripletLoss(TripletLossBase):
         fused = getattr(self.miner, "fused_loss", None)
         loss = None
         if fused is not None:
-            loss = fused(embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap)
+            loss = fused(
+                embeddings,
+                labels,
+                distance=self.distance,
+                margin_fn=self.margin_fn,
+                reduction=self.reduction,
+                swap=self.swap,
+            )
         if loss is None:
             mined = self.miner(embeddings.detach(), labels)
             loss = triplet_margin_loss(
-                embeddings, mined, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap
+                embeddings,
+                mined,
+                distance=self.distance,
+                margin_fn=self.margin_fn,
+                reduction=self.reduction,
+                swap=self.swap,
             )
         return self._finish(loss)
 
@@ -104,7 +116,9 @@ class TripletLoss(TripletLossBase):
             if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
                 raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
             if idx.shape != a.shape:
-                raise ValueError(f"triplet index tensors differ in length: anchor {tuple(a.shape)}, {name} {tuple(idx.shape)}")
+                raise ValueError(
+                    f"triplet index tensors differ in length: anchor {tuple(a.shape)}, {name} {tuple(idx.shape)}"
+                )
             if self.validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise ValueError(f"triplet {name} indices must lie in [0, {n}) for {n} embeddings")
         dev = embeddings.device
@@ -115,6 +129,10 @@ class TripletLoss(TripletLossBase):
             labels = self._check_inputs(embeddings, labels)
             valid = valid & (labels[a] == labels[p]) & (a != p) & (labels[a] != labels[neg])
         return triplet_margin_loss(
-            embeddings, Triplets(a, p, neg, valid.to(dev), swap_rows), distance=self.distance,
-            margin_fn=self.margin_fn, reduction=self.reduction, swap=self.swap,
+            embeddings,
+            Triplets(a, p, neg, valid.to(dev), swap_rows),
+            distance=self.distance,
+            margin_fn=self.margin_fn,
+            reduction=self.reduction,
+            swap=self.swap,
         )

@@ -60,7 +60,10 @@ def verification(desc, pairs):
     """pairs: dict kind -> list of (s1, t1, i1, s2, t2, i2)."""
     out = {}
     for level in LEVELS:
-        dist = {k: [_d(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows] for k, rows in pairs.items()}
+        dist = {
+            k: [_d(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows]
+            for k, rows in pairs.items()
+        }
         n_pos = len(dist["pos"])
         n_imb = n_pos + int(n_pos * 0.2)
         for kind in ("intra", "inter"):
@@ -136,7 +139,9 @@ def verification_at_reference_speed(desc, pairs):
     for level in LEVELS:
         dist = {}
         for kind, rows in pairs.items():
-            dist[kind] = np.array([distance.euclidean(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows])
+            dist[kind] = np.array(
+                [distance.euclidean(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows]
+            )
         n_pos = len(dist["pos"])
         n_imb = n_pos + int(n_pos * 0.2)
         labels = np.concatenate([np.zeros(n_pos), np.ones(n_pos)])

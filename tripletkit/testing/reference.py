@@ -107,8 +107,11 @@ def batch_all_margins(x, labels, *, margin=0.2, kind="euclidean"):
     d = distance_matrix(x, kind)
     return [
         margin + d[a, p] - d[a, q]
-        for a in range(n) for p in range(n) if p != a and labels[p] == labels[a]
-        for q in range(n) if labels[q] != labels[a]
+        for a in range(n)
+        for p in range(n)
+        if p != a and labels[p] == labels[a]
+        for q in range(n)
+        if labels[q] != labels[a]
     ]
 
 

@@ -86,8 +86,14 @@ class SteppedBatches:
             threshold = 0.0  # a fixed S×K never changes: the threshold is never used
         # the losses are averaged here, once per judge_every steps, not once per step in the scheduler
         self.scheduler = SteppedBatchScheduler(
-            stages, threshold, margin_fn=margin_fn, patience=patience, smoothing=smoothing, guard=guard,
-            guard_patience=guard_patience, on_change=on_change,
+            stages,
+            threshold,
+            margin_fn=margin_fn,
+            patience=patience,
+            smoothing=smoothing,
+            guard=guard,
+            guard_patience=guard_patience,
+            on_change=on_change,
         )
         S, K = self.scheduler.stages[0]
         self.sampler = SymmetricSampler(
@@ -96,7 +102,9 @@ class SteppedBatches:
         for i, (s, k) in enumerate(self.scheduler.stages):
             usable = len(self.sampler.usable_classes(k))
             if s > usable:
-                raise ValueError(f"stage {i} ({s}x{k}) needs {s} classes with at least {k} samples; the labels have {usable}")
+                raise ValueError(
+                    f"stage {i} ({s}x{k}) needs {s} classes with at least {k} samples; the labels have {usable}"
+                )
         self.judge_every = judge_every
         self._pending: list[Tensor | float] = []
         self.steps = 0
@@ -181,8 +189,12 @@ class SteppedBatches:
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         pending = [float(p) for p in self._pending]  # a checkpoint is a sync point anyway
-        return {"sampler": self.sampler.state_dict(), "scheduler": self.scheduler.state_dict(), "pending": pending,
-                "steps": self.steps}
+        return {
+            "sampler": self.sampler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "pending": pending,
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """All or nothing: a state that does not fit changes nothing and raises ``ValueError``."""
@@ -196,7 +208,9 @@ class SteppedBatches:
         S, K = self.scheduler.stages[scheduler.stage]
         sampler_state = dict(state["sampler"])
         if (sampler_state.get("S"), sampler_state.get("K")) != (S, K):
-            raise ValueError(f"sampler state has S×K {sampler_state.get('S')}x{sampler_state.get('K')}, the scheduler's stage is {S}x{K}")
+            raise ValueError(
+                f"sampler state has S×K {sampler_state.get('S')}x{sampler_state.get('K')}, the scheduler's stage is {S}x{K}"
+            )
         self.sampler.load_state_dict(sampler_state)
         self.scheduler.load_state_dict(state["scheduler"])
         self._pending = [float(p) for p in pending]

@@ -40,7 +40,9 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
             f"tripletkit, or tampered with), and loading them would run code ({str(e).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (found {found!r})")
@@ -65,7 +67,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             errors.append(str(e))
             continue
         if candidate != path:
-            warnings.warn(f"resuming from the previous checkpoint {candidate}: " + "; ".join(errors or [f"{path} is missing"]), stacklevel=2)
+            warnings.warn(
+                f"resuming from the previous checkpoint {candidate}: " + "; ".join(errors or [f"{path} is missing"]),
+                stacklevel=2,
+            )
         return state
     raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
 
@@ -120,8 +125,12 @@ class TrainingCheckpoint:
         self.optimizer = optimizer
         self.stateful = dict(stateful or {})
         for name, obj in self.stateful.items():
-            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")) and not isinstance(obj, torch.Generator):
-                raise TypeError(f"stateful[{name!r}] ({type(obj).__name__}) needs state_dict/load_state_dict or to be a torch.Generator")
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")) and not isinstance(
+                obj, torch.Generator
+            ):
+                raise TypeError(
+                    f"stateful[{name!r}] ({type(obj).__name__}) needs state_dict/load_state_dict or to be a torch.Generator"
+                )
         if device is None:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
@@ -160,7 +169,9 @@ class TrainingCheckpoint:
         state = load_checkpoint(self.path, map_location)
         world, rank = distributed.world_size(), distributed.rank()
         if state["world_size"] != world:
-            raise CheckpointError(f"{self.path} was written by {state['world_size']} process(es); resume it with as many (this run has {world})")
+            raise CheckpointError(
+                f"{self.path} was written by {state['world_size']} process(es); resume it with as many (this run has {world})"
+            )
         ranks = state["ranks"]
         mine = ranks[rank] if rank < len(ranks) else ranks[0]  # the xla backend saves rank 0's state only
         saved, wanted = set(mine["stateful"]), set(self.stateful)
@@ -168,10 +179,14 @@ class TrainingCheckpoint:
             raise CheckpointError(f"{self.path} holds state for {sorted(saved)}, this run has {sorted(wanted)}")
         model_keys, saved_keys = set(self.model.state_dict()), set(state["model"])
         if model_keys != saved_keys:
-            raise CheckpointError(f"{self.path}: the model's parameters differ from the checkpoint's "
-                                  f"(missing {sorted(model_keys - saved_keys)[:5]}, unexpected {sorted(saved_keys - model_keys)[:5]})")
+            raise CheckpointError(
+                f"{self.path}: the model's parameters differ from the checkpoint's "
+                f"(missing {sorted(model_keys - saved_keys)[:5]}, unexpected {sorted(saved_keys - model_keys)[:5]})"
+            )
         if (self.optimizer is None) != (state["optimizer"] is None):
-            raise CheckpointError(f"{self.path}: optimiser state {'missing' if state['optimizer'] is None else 'present'}, but this run has {'one' if self.optimizer else 'none'}")
+            raise CheckpointError(
+                f"{self.path}: optimiser state {'missing' if state['optimizer'] is None else 'present'}, but this run has {'one' if self.optimizer else 'none'}"
+            )
         try:
             self.model.load_state_dict(state["model"])
             if self.optimizer is not None:

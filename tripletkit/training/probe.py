@@ -101,8 +101,10 @@ class CollapseProbe:
 
     def load_state_dict(self, state: dict[str, float | bool | None]) -> None:
         ref = state.get("reference_distance") if isinstance(state, dict) else None
-        if not isinstance(state, dict) or not isinstance(state.get("collapsed"), bool) or (
-            ref is not None and not (isinstance(ref, float) and ref > 0)
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("collapsed"), bool)
+            or (ref is not None and not (isinstance(ref, float) and ref > 0))
         ):
             raise ValueError(f"not a CollapseProbe state dict: {state!r}")
         self.monitor.reference_distance = ref

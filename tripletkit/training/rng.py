@@ -17,8 +17,13 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         # NumPy's legacy state holds an ndarray; as a tensor it loads without unpickling
-        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
     if device is not None and device.type == "cuda":
@@ -36,7 +41,13 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch_state = state["torch"]
         np_state = state["numpy"]
         keys = np.asarray(np_state["keys"].numpy(), dtype=np.uint32)
-        np_tuple = (np_state["name"], keys, int(np_state["pos"]), int(np_state["has_gauss"]), float(np_state["cached_gaussian"]))
+        np_tuple = (
+            np_state["name"],
+            keys,
+            int(np_state["pos"]),
+            int(np_state["has_gauss"]),
+            float(np_state["cached_gaussian"]),
+        )
         py_state = state["python"]
         if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
             raise TypeError("torch state is not a uint8 tensor")

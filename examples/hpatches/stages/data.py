@@ -21,7 +21,14 @@ def extract_sequences(sequences: Path, out: Path, seed: int, progress: bool) -> 
 
     target = out / "extracted"
     if not (target / "dataset.json").exists():
-        extract_many([load_sequence(f) for f in _sequence_folders(sequences)], target, 2000, seed, synthetic=False, progress=progress)
+        extract_many(
+            [load_sequence(f) for f in _sequence_folders(sequences)],
+            target,
+            2000,
+            seed,
+            synthetic=False,
+            progress=progress,
+        )
     return target
 
 
@@ -40,7 +47,9 @@ def load_data(data: Path, seed: int, progress: bool) -> tuple[PatchDataset, dict
     """The dataset (noised with our model when it has no noisy patches) and its ``default`` (or ``a``) split."""
     ds = load_dataset(data, progress=progress)
     if not ds.noisy:  # clean release: noise it with our model so the denoiser has something to learn
-        ds.noisy = {s: np.stack([noise_sequence(ds.patches(s), s, seed=seed)[t] for t in IMAGE_TYPES]) for s in ds.sequences}
+        ds.noisy = {
+            s: np.stack([noise_sequence(ds.patches(s), s, seed=seed)[t] for t in IMAGE_TYPES]) for s in ds.sequences
+        }
     split_file = Path(data) / "splits.json"
     if split_file.exists():
         splits = json.loads(split_file.read_text())

@@ -62,7 +62,9 @@ def run_denoise(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: 
     save_npz(out, apply_denoiser(model, ds, rt, progress=not cfg.quiet))
 
 
-def apply_denoiser(model: torch.nn.Module, ds: PatchDataset, rt: Runtime, progress: bool = True) -> dict[str, np.ndarray]:
+def apply_denoiser(
+    model: torch.nn.Module, ds: PatchDataset, rt: Runtime, progress: bool = True
+) -> dict[str, np.ndarray]:
     """Every noisy patch through the denoiser in eval mode, rounded to uint8.
 
     Applied in the run's precision: bf16 moves a denoised pixel by at most one grey level after rounding (mean 0.1
@@ -82,7 +84,9 @@ def apply_denoiser(model: torch.nn.Module, ds: PatchDataset, rt: Runtime, progre
                 n = len(chunk)
                 if rt.xla and n < APPLY_CHUNK:
                     chunk = np.concatenate([chunk, np.zeros((APPLY_CHUNK - n, ds.size, ds.size), chunk.dtype)])
-                xb = torch.from_numpy(chunk).float()[:, None].to(rt.device).contiguous(memory_format=torch.channels_last)
+                xb = (
+                    torch.from_numpy(chunk).float()[:, None].to(rt.device).contiguous(memory_format=torch.channels_last)
+                )
                 with rt.autocast():
                     y = model(xb)
                 outs.append(y.float().clamp(0, 255).round().byte().cpu().numpy()[:n, 0])

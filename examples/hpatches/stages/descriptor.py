@@ -69,10 +69,21 @@ def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     """
     max_k = max(k for _, k in cfg.stages_sk)
     static = rt.static_shapes
-    miner = {"random": {"name": "random", "seed": cfg.seed}, "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
-             "batch_all": {"name": "batch_all", "max_class_size": max_k if static else None}, "offline": "random"}[cfg.miner]
-    return LOSSES.build("triplet", margin=cfg.margin, margin_fn=cfg.margin_fn, distance=cfg.distance, miner=miner,
-                        validate=not static, gather_distributed=rt.ddp and cfg.miner != "offline")
+    miner = {
+        "random": {"name": "random", "seed": cfg.seed},
+        "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
+        "batch_all": {"name": "batch_all", "max_class_size": max_k if static else None},
+        "offline": "random",
+    }[cfg.miner]
+    return LOSSES.build(
+        "triplet",
+        margin=cfg.margin,
+        margin_fn=cfg.margin_fn,
+        distance=cfg.distance,
+        miner=miner,
+        validate=not static,
+        gather_distributed=rt.ddp and cfg.miner != "offline",
+    )
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -123,7 +134,9 @@ def _rewind_log(path: Path, header: str, step: int) -> None:
     """A fresh log, or (on resume) the rows up to the checkpoint's step; written atomically."""
     keep = []
     if step > 0 and path.exists():
-        keep = [r for r in path.read_text().splitlines()[1:] if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= step]
+        keep = [
+            r for r in path.read_text().splitlines()[1:] if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= step
+        ]
     atomic_write_text(path, "".join(r + "\n" for r in [header, *keep]))
 
 
@@ -134,7 +147,9 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     device = rt.device
     den = np.load(cfg.out / "denoised.npz")
     labels = class_labels(ds, split["train"])
-    x_all = torch.from_numpy(np.concatenate([den[s].reshape(-1, ds.size, ds.size) for s in split["train"]])).float()[:, None]
+    x_all = torch.from_numpy(np.concatenate([den[s].reshape(-1, ds.size, ds.size) for s in split["train"]])).float()[
+        :, None
+    ]
     y_all = torch.from_numpy(labels)
     if device.type == "cuda" and cfg.augment == "none":  # the training patches stay on the GPU
         x_all, y_all = x_all.to(device), y_all.to(device)
@@ -152,13 +167,28 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     if rt.ddp:  # different dropout masks on each replica from here on
         torch.manual_seed(cfg.seed + rt.rank)
     loss_fn = build_loss(cfg, rt)
-    offline = OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed) if cfg.miner == "offline" else None
+    offline = (
+        OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed)
+        if cfg.miner == "offline"
+        else None
+    )
     opt = _optimizer(cfg, model)
     stepped = cfg.scheduler == "stepped_batch"
-    batches = SteppedBatches(labels, cfg.stages_sk if stepped else cfg.stages_sk[:1], margin_fn=loss_fn, patience=cfg.patience,
-                             guard=True, guard_patience=4 * cfg.patience, seed=cfg.seed, rank=rt.rank, world_size=rt.world)
+    batches = SteppedBatches(
+        labels,
+        cfg.stages_sk if stepped else cfg.stages_sk[:1],
+        margin_fn=loss_fn,
+        patience=cfg.patience,
+        guard=True,
+        guard_patience=4 * cfg.patience,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world,
+    )
     idx = torch.tensor(probe_indices(labels, S=64, K=4, seed=cfg.seed + 1))
-    probe = CollapseProbe(loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every)
+    probe = CollapseProbe(
+        loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every
+    )
     gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
     stateful = {"batches": batches, "augment_rng": gen, "probe": probe}
     if hasattr(loss_fn.miner, "state_dict"):
@@ -180,8 +210,13 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
     curve = _curve_patches(split["test"], den) if rt.main and cfg.eval_every > 0 and not rt.xla else None
     net.train()
-    bar = tqdm(total=budget if budget is not None else cfg.steps, initial=seen if budget is not None else step,
-               desc="descriptor", unit="patch" if budget else "it", disable=cfg.quiet)
+    bar = tqdm(
+        total=budget if budget is not None else cfg.steps,
+        initial=seen if budget is not None else step,
+        desc="descriptor",
+        unit="patch" if budget else "it",
+        disable=cfg.quiet,
+    )
     f = log.open("a") if rt.main else None
     try:
         while (step < cfg.steps) if budget is None else (seen < budget):
@@ -199,7 +234,11 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             else:
                 sel = batches.next_tensor(x_all.device)
                 yb = y_all[sel]
-                xb = augment(x_all[sel], yb - yb.min(), cfg.augment, gen).to(device).contiguous(memory_format=torch.channels_last)
+                xb = (
+                    augment(x_all[sel], yb - yb.min(), cfg.augment, gen)
+                    .to(device)
+                    .contiguous(memory_format=torch.channels_last)
+                )
                 with rt.autocast():
                     emb = net(xb)
                 loss = loss_fn(emb.float(), yb.to(device))

@@ -43,7 +43,10 @@ def _retrieval_files(ds: PatchDataset, den, test: list[str], tasks: Path, n_quer
     order = rng.permutation(len(cells))
     nq = min(n_queries, len(cells) // 3)
     for name, part in (("queries", order[:nq]), ("distractors", order[nq:])):
-        atomic_write_text(tasks / f"retr_{name}_split-default.csv", "s,idx\n" + "".join(f"{cells[k][0]},{cells[k][1]}\n" for k in part))
+        atomic_write_text(
+            tasks / f"retr_{name}_split-default.csv",
+            "s,idx\n" + "".join(f"{cells[k][0]},{cells[k][1]}\n" for k in part),
+        )
 
 
 def write_tasks(cfg: Config, ds: PatchDataset, den, test: list[str], train: list[str]) -> Path:
@@ -54,7 +57,11 @@ def write_tasks(cfg: Config, ds: PatchDataset, den, test: list[str], train: list
     atomic_write_text(tasks / "splits.json", json.dumps({"default": {"name": "default", "test": test, "train": train}}))
     if not (tasks / "verif_pos_split-default.csv").exists():
         counts = {s: ds.num_patches(s) for s in test}
-        write_verification(generate_verification(test, counts, n_pairs=cfg.verification_pairs, progress=not cfg.quiet), tasks, "default")
+        write_verification(
+            generate_verification(test, counts, n_pairs=cfg.verification_pairs, progress=not cfg.quiet),
+            tasks,
+            "default",
+        )
         _retrieval_files(ds, den, test, tasks, cfg.queries, cfg.seed)
     return tasks
 
@@ -67,7 +74,11 @@ def run_evaluate(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], dev
     patches = {s: {t: den[s][k] for k, t in enumerate(IMAGE_TYPES)} for s in test}
     model = L2Net().to(device)
     model.load_state_dict(torch.load(cfg.out / "descriptor.pt", weights_only=True, map_location=device))
-    methods = {OURS: model_descriptors(model, device=device), "SIFT": sift_descriptors, "raw pixels": raw_pixel_descriptors}
+    methods = {
+        OURS: model_descriptors(model, device=device),
+        "SIFT": sift_descriptors,
+        "raw pixels": raw_pixel_descriptors,
+    }
     results, full = {}, {}
     for name, fn in methods.items():
         r = evaluate(describe(patches, fn), tasks, "default", progress=not cfg.quiet)
