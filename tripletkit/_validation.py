@@ -115,3 +115,10 @@ def outside_autocast(fn: _F) -> _F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_class_size(value: object) -> int | None:
+    """``max_class_size``: None, or a positive int (``K`` for S×K batches)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_class_size must be a positive int or None, got {value!r}")
+    return value  # type: ignore[return-value]

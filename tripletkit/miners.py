@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_embeddings, check_labels, check_margin, outside_autocast
+from ._validation import check_choice, check_class_size, check_embeddings, check_labels, check_margin, outside_autocast
 from .distances import DISTANCES, Distance
 from .functional import miners as F
 from .functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss
@@ -117,7 +117,7 @@ class BatchHardMiner(Miner):
     ) -> None:
         self.distance = DISTANCES.build(distance)
         self.swap = bool(swap)
-        self.max_class_size = max_class_size
+        self.max_class_size = check_class_size(max_class_size)
 
     @torch.no_grad()
     @outside_autocast
@@ -181,11 +181,7 @@ class SemiHardMiner(Miner):
 
     def __init__(self, distance: str | dict | Distance = "euclidean", max_class_size: int | None = None) -> None:
         self.distance = DISTANCES.build(distance)
-        if max_class_size is not None and (
-            isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1
-        ):
-            raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
-        self.max_class_size = max_class_size
+        self.max_class_size = check_class_size(max_class_size)
 
     @torch.no_grad()
     @outside_autocast
@@ -211,11 +207,7 @@ class BatchAllMiner(Miner):
     per_anchor = False
 
     def __init__(self, max_class_size: int | None = None) -> None:
-        if max_class_size is not None and (
-            isinstance(max_class_size, bool) or not isinstance(max_class_size, int) or max_class_size < 1
-        ):
-            raise ValueError(f"max_class_size must be a positive int or None, got {max_class_size!r}")
-        self.max_class_size = max_class_size
+        self.max_class_size = check_class_size(max_class_size)
 
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:

@@ -12,12 +12,6 @@ from ..margins import MARGINS, MarginFunction
 __all__ = ["TripletLossBase"]
 
 
-def _check_class_size(value: object) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"max_class_size must be a positive int or None, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 class TripletLossBase(nn.Module):
     """Holds the distance, the margin function and the reduction, validated once in ``__init__``."""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._validation import check_class_size
 from ..distances import Distance
 from ..functional.losses import BatchAllStats, batch_all_triplet_loss
 from ..margins import MarginFunction
-from .base import TripletLossBase, _check_class_size
+from .base import TripletLossBase
 
 __all__ = ["BatchAllLoss"]
 
@@ -67,7 +68,7 @@ class BatchAllLoss(TripletLossBase):
         gather_distributed: bool = False,
     ) -> None:
         super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
-        self.max_class_size = _check_class_size(max_class_size)
+        self.max_class_size = check_class_size(max_class_size)
         if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
             raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
         self.block_elements = block_elements

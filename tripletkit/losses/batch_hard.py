@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._validation import check_class_size
 from ..distances import Distance
 from ..functional.losses import batch_hard_triplet_loss
 from ..margins import MarginFunction
-from .base import TripletLossBase, _check_class_size
+from .base import TripletLossBase
 
 __all__ = ["BatchHardLoss"]
 
@@ -76,7 +77,7 @@ class BatchHardLoss(TripletLossBase):
     ) -> None:
         super().__init__(margin, margin_fn, distance, reduction, validate, gather_distributed)
         self.swap = bool(swap)
-        self.max_class_size = _check_class_size(max_class_size)
+        self.max_class_size = check_class_size(max_class_size)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
