@@ -311,3 +311,16 @@ def test_torchrun_two_processes_train_resume_and_change_stage_together(tiny, tmp
     # a checkpoint of 2 replicas cannot be resumed by one process
     with pytest.raises(SystemExit, match="2 process"):
         main(args + ["--out", str(tmp_path / "b"), "--resume", "--stages", "descriptor", "--steps", "7"])
+
+
+def test_resume_refuses_changed_training_flags(tiny, tmp_path):
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST
+    main(args + ["--out", str(tmp_path), "--steps", "3"])
+    with pytest.raises(
+        SystemExit,
+        match=r"(?s)--lr: 0.0002 in the checkpoint, 0.01 now.*--miner: 'batch_hard' in the checkpoint, 'random' now",
+    ):
+        main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--miner", "random"])
+    main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--allow-changed-flags"])
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + 6
+    main(args + ["--out", str(tmp_path), "--resume", "--steps", "7"])  # a longer run is no change of training flags

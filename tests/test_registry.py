@@ -51,7 +51,7 @@ def test_errors_list_valid_names():
 def test_builtin_registries():
     assert DISTANCES.list() == ["cosine", "euclidean", "sqeuclidean"]
     assert MARGINS.list() == ["hinge", "softplus"]
-    assert MINERS.list() == ["batch_all", "batch_hard", "offline", "random"]
+    assert MINERS.list() == ["batch_all", "batch_hard", "offline", "random", "semihard"]
     assert LOSSES.list(filter="batch_*") == ["batch_all", "batch_hard"]
     loss = LOSSES.build(
         {"name": "batch_hard", "margin_fn": {"name": "hinge", "margin": 0.3}, "distance": "sqeuclidean"}

@@ -411,4 +411,3 @@ def test_the_readme_loop_example_runs_and_grows_the_batch(tmp_path, monkeypatch)
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
     batches = scope["batches"]
     assert batches.events and batches.events[0].reason == "advance", "the example is meant to show the batch growing"
-    assert (tmp_path / "ckpt.pt").exists()

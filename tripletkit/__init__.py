@@ -13,6 +13,7 @@ from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, 
 from .registry import Registry, UnknownNameError
 from .samplers import SAMPLERS, SymmetricSampler
 from .schedulers import SCHEDULERS, STUDY_STAGES, StageChange, SteppedBatchScheduler
+from .training import CollapseProbe, SteppedBatches, TrainingCheckpoint
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,9 @@ __all__ = [
     "CollapseMonitor",
     "CollapseWarning",
     "StageChange",
+    "SteppedBatches",
+    "CollapseProbe",
+    "TrainingCheckpoint",
     "SteppedBatchScheduler",
     "SymmetricSampler",
     "embedding_stats",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "PRESETS", "INIT_FROM", "DEFAULTS", "Config", "build_parser", "resolve", "parse"]
+__all__ = ["STAGES", "PRESETS", "INIT_FROM", "DEFAULTS", "TRAINING_FLAGS", "Config", "build_parser", "resolve", "parse"]
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
@@ -79,6 +79,30 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 INIT_FROM = {"bh128": "baseline", "bh1024": "baseline", "soft-bh1024": "baseline"}
 
+# the flags whose change alters what a resumed run trains: --resume refuses a change unless --allow-changed-flags
+# (the length --steps / --epochs may change: that is how a run is extended)
+TRAINING_FLAGS = (
+    "seed",
+    "precision",
+    "denoiser",
+    "denoise_steps",
+    "denoise_batch",
+    "denoise_lr",
+    "miner",
+    "offline_every",
+    "margin_fn",
+    "margin",
+    "distance",
+    "optimizer",
+    "lr",
+    "momentum",
+    "init_descriptor",
+    "stages_sk",
+    "scheduler",
+    "patience",
+    "augment",
+)
+
 # the values of the preset-able flags when neither the flag nor a preset gives one
 DEFAULTS: dict[str, Any] = dict(
     denoiser="shallow",
@@ -107,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a preset of the study's table (flags given explicitly win); all: every preset and one table",
     )
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--allow-changed-flags",
+        action="store_true",
+        help="with --resume: continue although flags that change training differ from the checkpoint's",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "xla"])
     p.add_argument("--threads", type=int, default=0)
@@ -183,6 +212,7 @@ class Config:
     stages: tuple[str, ...]
     experiment: str | None
     resume: bool
+    allow_changed_flags: bool
     seed: int
     device: str
     threads: int
@@ -228,6 +258,11 @@ class Config:
         return self.replace(
             denoise_steps=max(1, math.ceil(self.denoise_epochs * train_pairs / (self.denoise_batch * world)))
         )
+
+    def training_flags(self) -> dict[str, Any]:
+        """The values of :data:`TRAINING_FLAGS`, as recorded in a checkpoint."""
+        full = self.as_json()
+        return {k: full[k] for k in TRAINING_FLAGS}
 
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

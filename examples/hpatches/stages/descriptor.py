@@ -130,6 +130,21 @@ def descriptor_done(cfg: Config) -> bool:
     return extra["step"] >= cfg.steps
 
 
+def _check_flags(cfg: Config, saved: dict, path: Path) -> None:
+    """A resume trains what the checkpoint trained: a changed training flag is refused, listing every change."""
+    now = cfg.training_flags()
+    changed = [
+        f"--{k.replace('_', '-')}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now"
+        for k in now
+        if saved.get(k) != now[k]
+    ]
+    if changed and not cfg.allow_changed_flags:
+        raise SystemExit(
+            f"error: --resume with flags that differ from {path}'s run (pass --allow-changed-flags to continue anyway):\n  "
+            + "\n  ".join(changed)
+        )
+
+
 def _rewind_log(path: Path, header: str, step: int) -> None:
     """A fresh log, or (on resume) the rows up to the checkpoint's step; written atomically."""
     keep = []
@@ -197,6 +212,8 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         stateful["offline"] = offline
     ckpt = TrainingCheckpoint(cfg.out / "checkpoint.pt", model=model, optimizer=opt, stateful=stateful, device=device)
     try:
+        if cfg.resume and ckpt.exists():  # the flags first: a changed miner also changes what state there is
+            _check_flags(cfg, load_checkpoint(ckpt.path)["extra"].get("flags", {}), ckpt.path)
         extra = ckpt.restore() if cfg.resume else None
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
@@ -271,7 +288,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             if step % cfg.checkpoint_every == 0 or finished:
                 if f is not None:
                     f.flush()
-                ckpt.save(step=step, seen=seen, train_patches=len(labels), mined=mined)
+                ckpt.save(step=step, seen=seen, train_patches=len(labels), mined=mined, flags=cfg.training_flags())
     finally:
         if f is not None:
             f.close()
