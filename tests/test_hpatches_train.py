@@ -318,9 +318,10 @@ def test_resume_refuses_changed_training_flags(tiny, tmp_path):
     main(args + ["--out", str(tmp_path), "--steps", "3"])
     with pytest.raises(
         SystemExit,
-        match=r"(?s)--lr: 0.0002 in the checkpoint, 0.01 now.*--miner: 'batch_hard' in the checkpoint, 'random' now",
+        match=r"(?s)--miner: 'batch_hard' in the checkpoint, 'random' now.*--lr: 0.0002 in the checkpoint, 0.01 now",
     ):
         main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--miner", "random"])
     main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--allow-changed-flags"])
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + 6
-    main(args + ["--out", str(tmp_path), "--resume", "--steps", "7"])  # a longer run is no change of training flags
+    # the override is recorded: from here on the run trains with --lr 0.01, and a longer run is no change of flags
+    main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--steps", "7"])
