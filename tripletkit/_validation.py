@@ -23,6 +23,12 @@ def _compiling() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
+def _static(t: Tensor) -> bool:
+    """Whether work on ``t`` is traced into a graph (``torch.compile`` or a torch-xla device): then no value may be
+    read to the host, and data-dependent checks are skipped."""
+    return _compiling() or t.device.type == "xla"
+
+
 def check_embeddings(embeddings: object, *, name: str = "embeddings", min_rows: int = 2, values: bool = True) -> Tensor:
     """Check a (N, D) floating-point tensor with N >= ``min_rows`` and finite values."""
     if not isinstance(embeddings, Tensor):

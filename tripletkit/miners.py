@@ -28,7 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_class_size, check_embeddings, check_labels, check_margin, outside_autocast
+from ._validation import (
+    _static,
+    check_choice,
+    check_class_size,
+    check_embeddings,
+    check_labels,
+    check_margin,
+    outside_autocast,
+)
 from .distances import DISTANCES, Distance
 from .functional import miners as F
 from .functional.losses import batch_all_triplet_loss, batch_hard_triplet_loss
@@ -76,7 +84,9 @@ class Miner:
         return None
 
     def _check(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        check_embeddings(embeddings)
+        # traced (torch.compile, XLA): no finiteness check, which would read to the host; a loss's validate=
+        # decides there
+        check_embeddings(embeddings, values=not _static(embeddings))
         return embeddings, check_labels(labels, embeddings.shape[0], device=embeddings.device)
 
     def __repr__(self) -> str:
@@ -93,6 +103,8 @@ class _SeededMiner(Miner):
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None  # torch's global RNG: follows torch.manual_seed
+        if device.type == "xla":  # XLA has no torch.Generator: draw on the CPU (a host-to-device copy, no sync)
+            device = torch.device("cpu")
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]

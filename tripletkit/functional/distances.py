@@ -64,6 +64,13 @@ def _shift(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     return x - center, y - center
 
 
+def _zero_diagonal(d: Tensor) -> Tensor:
+    if d.device.type == "xla":  # fill_diagonal_ lowers to as_strided_scatter, a CPU fallback there
+        eye = torch.eye(d.shape[0], dtype=torch.bool, device=d.device)
+        return d.masked_fill(eye, 0.0)
+    return d.fill_diagonal_(0.0)
+
+
 def _needs_graph(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -83,7 +90,7 @@ def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     else:
         d2 = torch.addmm(sx + sy.T, xc, yc.T, alpha=-2.0).clamp_min(0.0)
     if y is None:
-        d2 = d2.fill_diagonal_(0.0)
+        d2 = _zero_diagonal(d2)
     return d2
 
 
@@ -104,7 +111,7 @@ def cosine_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     else:
         d = torch.addmm(torch.ones((), dtype=xn.dtype, device=xn.device), xn, yn.T, alpha=-1.0).clamp(0.0, 2.0)
     if y is None:
-        d = d.fill_diagonal_(0.0)
+        d = _zero_diagonal(d)
     return d
 
 

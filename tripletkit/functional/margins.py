@@ -39,8 +39,11 @@ def hinge_grad(t: Tensor) -> Tensor:
 def softplus(t: Tensor) -> Tensor:
     """Numerically stable ``ln(1 + exp(t))``; ``-inf`` maps to 0."""
     # logaddexp(t, 0) = max(t, 0) + log1p(exp(-|t|)) with a sigmoid gradient; exact also for t in (20, 40),
-    # where F.softplus's linear threshold would drop exp(-t).
-    return torch.logaddexp(t, torch.zeros((), dtype=t.dtype, device=t.device))
+    # where F.softplus's linear threshold would drop exp(-t). Written out as two clamped branches: logaddexp has no
+    # XLA lowering, and the clamps keep the unused branch finite (exp never overflows) and give sigmoid(0) = 1/2 at
+    # the collapse point t = 0.
+    pos, neg = t.clamp_min(0), t.clamp_max(0)
+    return torch.where(t > 0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
 
 
 def softplus_grad(t: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._validation import _compiling, outside_autocast
+from .._validation import _compiling, _static, outside_autocast
 from .types import DistanceLike
 
 __all__ = [
@@ -130,8 +130,15 @@ def _sorted_classes(labels: Tensor) -> _SortedClasses:
     n = labels.shape[0]
     order = torch.argsort(labels, stable=True)
     ordered = labels[order]
-    start_sorted = torch.searchsorted(ordered, ordered, right=False)
-    size_sorted = torch.searchsorted(ordered, ordered, right=True) - start_sorted
+    # each run's first and last position by running maxima over its boundaries (searchsorted and cummin have no
+    # XLA lowering and would run on the host)
+    idx = torch.arange(n, device=labels.device)
+    change = ordered[1:] != ordered[:-1]
+    first = torch.cat([change.new_ones(1), change])
+    last = torch.cat([change, change.new_ones(1)])
+    start_sorted = torch.cummax(torch.where(first, idx, 0), 0).values
+    end_sorted = (n - 1) - torch.cummax(torch.where(last, n - 1 - idx, 0).flip(0), 0).values.flip(0)
+    size_sorted = end_sorted - start_sorted + 1
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n, device=labels.device)
     return _SortedClasses(order, rank, start_sorted[rank], size_sorted[rank])
@@ -145,7 +152,7 @@ def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMem
     order, _, start, size = _sorted_classes(labels)
     if max_class_size is None:
         max_class_size = int(size.max())
-    elif not _compiling() and int(size.max()) > max_class_size:
+    elif not _static(labels) and int(size.max()) > max_class_size:
         raise ValueError(f"max_class_size={max_class_size} but a class in this batch has {int(size.max())} members")
     k = torch.arange(max_class_size, device=device)
     inside = k[None, :] < size[:, None]
@@ -287,7 +294,9 @@ def random_triplets(labels: Tensor, *, generator: torch.Generator | None = None)
     n = labels.shape[0]
     sc = _sorted_classes(labels)
     rows = torch.arange(n, device=labels.device)
-    u = torch.rand((2, n), generator=generator, device=labels.device, dtype=torch.float64)
+    # drawn where the generator lives (the CPU for an XLA batch: XLA has no torch.Generator), then moved
+    where = generator.device if generator is not None else labels.device
+    u = torch.rand((2, n), generator=generator, device=where, dtype=torch.float64).to(labels.device)
     positive, has_pos = _random_other_member(sc, rows, u[0])
     negative, has_neg = _random_non_member(sc, rows, u[1])
     return Triplets(rows, positive, negative, has_pos & has_neg)
