@@ -247,9 +247,11 @@ def semihard_triplets(
     n = dist.shape[0]
     cm = class_members(labels, max_class_size)
     k = cm.members.shape[1]
-    # the own class (self included) is never a negative: +inf there is "farther" than any positive, and is only
-    # chosen when no real negative is farther, which the inf value then reveals
-    neg = dist.scatter(1, cm.members, float("inf"))
+    # the own class (self included) is never a negative: the largest finite value there is "farther" than any
+    # positive and is only chosen when no real negative is farther, which that value then reveals (a finite
+    # sentinel, not inf: XLA's min of an all-inf row is the largest finite value, not inf)
+    big = torch.finfo(dist.dtype).max
+    neg = dist.scatter(1, cm.members, big)
     d_ap = dist.gather(1, cm.members)
     semi = torch.empty((n, k), dtype=torch.long, device=dist.device)
     found = torch.empty((n, k), dtype=torch.bool, device=dist.device)
@@ -257,9 +259,9 @@ def semihard_triplets(
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         cand = neg[r0:r1, None, :]
-        val, idx = torch.where(cand > d_ap[r0:r1, :, None], cand, float("inf")).min(2)
-        semi[r0:r1], found[r0:r1] = idx, val < float("inf")
-    farthest = neg.masked_fill(torch.isinf(neg), float("-inf")).max(1).indices
+        val, idx = torch.where(cand > d_ap[r0:r1, :, None], cand, big).min(2)
+        semi[r0:r1], found[r0:r1] = idx, val < big
+    farthest = neg.masked_fill(neg == big, -big).max(1).indices
     negative = torch.where(found, semi, farthest[:, None])
     valid = cm.positive & (cm.class_size < n)[:, None]
     anchor = torch.arange(n, device=dist.device)[:, None].expand_as(negative)
