@@ -94,7 +94,7 @@ def measure(impl: str, loss: str, margin: str, n: int, dtype: str = "float32", t
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", required=True, choices=["ours", "naive", "pml", "floor"])
-    p.add_argument("--loss", required=True, choices=["batch_hard", "batch_all", "random"])
+    p.add_argument("--loss", required=True, choices=["batch_hard", "batch_all", "random", "semihard"])
     p.add_argument("--margin", default="hinge", choices=["hinge", "softplus"])
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
