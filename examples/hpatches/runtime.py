@@ -39,6 +39,14 @@ class Runtime:
         """Compiled and XLA graphs need fixed shapes: no host sync for the class size, no NaN check."""
         return self.compile or self.xla
 
+    def manual_seed(self, seed: int) -> None:
+        """Seed torch's generators, the accelerator's included: torch-xla's RNG does not follow ``torch.manual_seed``."""
+        torch.manual_seed(seed)
+        if self.xla:
+            import torch_xla.core.xla_model as xm
+
+            xm.set_rng_state(seed, self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision != "bf16":
             return contextlib.nullcontext()

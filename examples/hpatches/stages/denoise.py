@@ -27,7 +27,7 @@ def run_denoise(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: 
 
     device = rt.device
     out = cfg.out / "denoised.npz"
-    torch.manual_seed(cfg.seed)  # before the model: its initialisation draws from torch's RNG (the same on every rank)
+    rt.manual_seed(cfg.seed)  # before the model: its initialisation draws from torch's RNG (the same on every rank)
     model = build_denoiser(cfg.denoiser)
     if model is None:
         if rt.main:

@@ -168,7 +168,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     y_all = torch.from_numpy(labels)
     if device.type == "cuda" and cfg.augment == "none":  # the training patches stay on the GPU
         x_all, y_all = x_all.to(device), y_all.to(device)
-    torch.manual_seed(cfg.seed)
+    rt.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     model = L2Net()
@@ -180,7 +180,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     model = model.to(device).to(memory_format=torch.channels_last)
     net = rt.wrap(model)  # DDP broadcasts rank 0's initial weights
     if rt.ddp:  # different dropout masks on each replica from here on
-        torch.manual_seed(cfg.seed + rt.rank)
+        rt.manual_seed(cfg.seed + rt.rank)
     loss_fn = build_loss(cfg, rt)
     offline = (
         OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed)
