@@ -18,9 +18,6 @@ os.environ.setdefault("PJRT_DEVICE", "CPU")
 torch_xla = pytest.importorskip("torch_xla")
 
 from tripletkit_hpatches.config import PRESETS  # noqa: E402
-from tripletkit_hpatches.data import write_nhpatches_sequence  # noqa: E402
-from tripletkit_hpatches.descriptors import IMAGE_TYPES  # noqa: E402
-from tripletkit_hpatches.noise import noise_sequence  # noqa: E402
 from tripletkit_hpatches.train import main  # noqa: E402
 
 pytestmark = pytest.mark.xla
@@ -47,21 +44,6 @@ FAST = [
     "1",
     "--quiet",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_xla")
-    rng = np.random.default_rng(0)
-    for s in ("i_a", "i_b", "v_c", "v_d"):
-        base = np.kron(rng.integers(0, 256, (10, 8, 8)), np.ones((4, 4))).astype(float)
-        clean = {
-            t: np.clip(base + rng.normal(0, 4 + 3 * "rehtx".index(t[0]), base.shape), 0, 255).astype(np.uint8)
-            for t in IMAGE_TYPES
-        }
-        write_nhpatches_sequence(root, s, clean, noise_sequence(clean, s))
-    (root / "splits.json").write_text(json.dumps({"default": {"train": ["i_a", "v_c"], "test": ["i_b", "v_d"]}}))
-    return root
 
 
 def test_every_preset_trains_on_xla(tiny, tmp_path):
