@@ -35,6 +35,7 @@ from ._validation import (
     check_embeddings,
     check_labels,
     check_margin,
+    compute_dtype,
     outside_autocast,
 )
 from .distances import DISTANCES, Distance
@@ -135,7 +136,7 @@ class BatchHardMiner(Miner):
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
-        x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        x = compute_dtype(embeddings)
         return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap, max_class_size=self.max_class_size)
 
     def fused_loss(
@@ -199,7 +200,7 @@ class SemiHardMiner(Miner):
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
         embeddings, labels = self._check(embeddings, labels)
-        x = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        x = compute_dtype(embeddings)
         return F.semihard_triplets(self.distance.matrix(x), labels, max_class_size=self.max_class_size)
 
     def check_loss_options(self, *, reduction: str, swap: bool) -> None:
@@ -287,7 +288,7 @@ class OfflineMiner(_SeededMiner):
     def __call__(self, bank: Tensor, labels: Tensor, anchors: Tensor | None = None) -> Triplets:  # type: ignore[override]
         check_embeddings(bank, name="bank")
         labels = check_labels(labels, bank.shape[0], device=bank.device)
-        x = bank.float() if bank.dtype in (torch.float16, torch.bfloat16) else bank
+        x = compute_dtype(bank)
         return F.mine_offline(
             x,
             labels,
