@@ -52,7 +52,8 @@ def test_builtin_registries():
     assert DISTANCES.list() == ["cosine", "euclidean", "sqeuclidean"]
     assert MARGINS.list() == ["hinge", "softplus"]
     assert MINERS.list() == ["batch_all", "batch_hard", "offline", "random", "semihard"]
-    assert LOSSES.list(filter="batch_*") == ["batch_all", "batch_hard"]
+    assert LOSSES.list(filter="batch_*") == ["batch_all", "batch_hard", "batch_semihard"]
+    assert set(LOSSES.list()) == {"batch_all", "batch_hard", "batch_semihard", "hardnet", "triplet"}
     loss = LOSSES.build(
         {"name": "batch_hard", "margin_fn": {"name": "hinge", "margin": 0.3}, "distance": "sqeuclidean"}
     )

@@ -7,7 +7,7 @@
 from .diagnostics import CollapseError, CollapseMonitor, CollapseWarning, embedding_stats
 from .distances import DISTANCES, CosineDistance, Distance, EuclideanDistance, SquaredEuclideanDistance
 from .functional.miners import Triplets
-from .losses import LOSSES, BatchAllLoss, BatchHardLoss, TripletLoss
+from .losses import LOSSES, BatchAllLoss, BatchHardLoss, BatchSemiHardLoss, CrossBatchMemory, HardNetLoss, TripletLoss
 from .margins import MARGINS, HingeMargin, MarginFunction, SoftplusMargin
 from .miners import MINERS, BatchAllMiner, BatchHardMiner, Miner, OfflineMiner, RandomMiner, SemiHardMiner
 from .registry import Registry, UnknownNameError
@@ -26,6 +26,9 @@ __all__ = [
     "SCHEDULERS",
     "STUDY_STAGES",
     "BatchAllLoss",
+    "BatchSemiHardLoss",
+    "CrossBatchMemory",
+    "HardNetLoss",
     "CollapseError",
     "CollapseMonitor",
     "CollapseWarning",

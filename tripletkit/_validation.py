@@ -52,7 +52,9 @@ def check_embeddings(embeddings: object, *, name: str = "embeddings", min_rows: 
     return embeddings
 
 
-def check_labels(labels: object, n: int, *, device: torch.device | None = None, name: str = "labels") -> Tensor:
+def check_labels(
+    labels: object, n: int, *, device: torch.device | None = None, name: str = "labels", of: str = "the embeddings"
+) -> Tensor:
     """Check a 1-D integer tensor of length ``n``; returns it on ``device``."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(labels).__name__}")
@@ -61,7 +63,7 @@ def check_labels(labels: object, n: int, *, device: torch.device | None = None, 
     if labels.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
     if labels.shape[0] != n:
-        raise ValueError(f"{name} has length {labels.shape[0]} but the embeddings have {n} rows")
+        raise ValueError(f"{name} has length {labels.shape[0]} but {of} have {n} rows")
     if device is not None and labels.device != device:
         labels = labels.to(device)
     return labels

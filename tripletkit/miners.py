@@ -68,9 +68,15 @@ class Miner:
       the triplets (batch hard: mining and scoring in one pass; batch all: the streamed sum), or None when this
       miner has no such path for these settings;
     * ``check_loss_options(*, reduction, swap)``: raises ``ValueError`` for loss settings the miner cannot serve.
+
+    A miner with ``supports_ref = True`` also mines against a reference set:
+    ``miner(embeddings, labels, ref_embeddings, ref_labels, ref_self_index=None)`` returns triplets whose anchors
+    index ``embeddings`` and whose positives and negatives index the reference set (its ``fused_loss`` then takes
+    ``ref``, ``ref_labels`` and ``ref_self_index`` keywords).
     """
 
     per_anchor = True
+    supports_ref = False
 
     @outside_autocast
     def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
@@ -84,11 +90,24 @@ class Miner:
     def check_loss_options(self, *, reduction: str, swap: bool) -> None:
         return None
 
-    def _check(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def _check(self, embeddings: Tensor, labels: Tensor, min_rows: int = 2) -> tuple[Tensor, Tensor]:
         # traced (torch.compile, XLA): no finiteness check, which would read to the host; a loss's validate=
         # decides there
-        check_embeddings(embeddings, values=not _static(embeddings))
+        check_embeddings(embeddings, values=not _static(embeddings), min_rows=min_rows)
         return embeddings, check_labels(labels, embeddings.shape[0], device=embeddings.device)
+
+    def _check_ref(
+        self, embeddings: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Query and reference set, checked and in the computation's dtype."""
+        embeddings, labels = self._check(embeddings, labels, min_rows=1)
+        check_embeddings(ref, name="ref_embeddings", values=not _static(ref), min_rows=1)
+        if ref_labels is None:
+            raise ValueError("ref_labels are required with ref_embeddings")
+        ref_labels = check_labels(
+            ref_labels, ref.shape[0], device=embeddings.device, name="ref_labels", of="ref_embeddings"
+        )
+        return compute_dtype(embeddings), labels, compute_dtype(ref.to(embeddings.device)), ref_labels
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -132,18 +151,42 @@ class BatchHardMiner(Miner):
         self.swap = bool(swap)
         self.max_class_size = check_class_size(max_class_size)
 
+    supports_ref = True
+
     @torch.no_grad()
     @outside_autocast
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Triplets:
+        if ref_embeddings is not None:
+            x, labels, ref, ref_labels = self._check_ref(embeddings, labels, ref_embeddings, ref_labels)
+            if self.swap:
+                raise ValueError("swap is not defined against a reference set")
+            return F.mine_batch_hard_ref(x, labels, ref, ref_labels, distance=self.distance, self_index=ref_self_index)
         embeddings, labels = self._check(embeddings, labels)
         x = compute_dtype(embeddings)
         return mine_batch_hard(x, labels, distance=self.distance, swap=self.swap, max_class_size=self.max_class_size)
 
     def fused_loss(
-        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        distance: Distance,
+        margin_fn: Any,
+        reduction: str,
+        swap: bool,
+        **ref: Any,
     ) -> Tensor | None:
         if distance != self.distance:
             return None  # mined with one distance, scored with another: the general path
+        if ref and (swap or self.swap):
+            raise ValueError("swap is not defined against a reference set")
         return batch_hard_triplet_loss(
             embeddings,
             labels,
@@ -151,7 +194,8 @@ class BatchHardMiner(Miner):
             margin_fn=margin_fn,
             reduction=reduction,
             swap=swap or self.swap,
-            max_class_size=self.max_class_size,
+            max_class_size=None if ref else self.max_class_size,
+            **ref,
         )
 
     def __repr__(self) -> str:
@@ -165,8 +209,22 @@ class RandomMiner(_SeededMiner):
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
 
+    supports_ref = True
+
     @outside_autocast
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Triplets:
+        if ref_embeddings is not None:
+            _, labels, _, ref_labels = self._check_ref(embeddings, labels, ref_embeddings, ref_labels)
+            return F.random_triplets_ref(
+                labels, ref_labels, self_index=ref_self_index, generator=self._generator(labels.device)
+            )
         embeddings, labels = self._check(embeddings, labels)
         return F.random_triplets(labels, generator=self._generator(labels.device))
 
@@ -191,6 +249,7 @@ class SemiHardMiner(Miner):
     """
 
     per_anchor = False
+    supports_ref = True
 
     def __init__(self, distance: str | dict | Distance = "euclidean", max_class_size: int | None = None) -> None:
         self.distance = DISTANCES.build(distance)
@@ -198,7 +257,17 @@ class SemiHardMiner(Miner):
 
     @torch.no_grad()
     @outside_autocast
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Triplets:
+        if ref_embeddings is not None:
+            x, labels, ref, ref_labels = self._check_ref(embeddings, labels, ref_embeddings, ref_labels)
+            return F.semihard_triplets_ref(self.distance.matrix(x, ref), labels, ref_labels, self_index=ref_self_index)
         embeddings, labels = self._check(embeddings, labels)
         x = compute_dtype(embeddings)
         return F.semihard_triplets(self.distance.matrix(x), labels, max_class_size=self.max_class_size)
@@ -218,12 +287,23 @@ class BatchAllMiner(Miner):
     """Every valid triplet, explicitly: ``Σ_c n_c(n_c − 1)(N − n_c)`` rows. For inspection, not for training."""
 
     per_anchor = False
+    supports_ref = True
 
     def __init__(self, max_class_size: int | None = None) -> None:
         self.max_class_size = check_class_size(max_class_size)
 
     @outside_autocast
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Triplets:
+        if ref_embeddings is not None:
+            _, labels, _, ref_labels = self._check_ref(embeddings, labels, ref_embeddings, ref_labels)
+            return F.batch_all_triplets_ref(labels, ref_labels, self_index=ref_self_index)
         embeddings, labels = self._check(embeddings, labels)
         blocks = list(F.iter_batch_all_triplets(labels))
         if not blocks:
@@ -232,7 +312,15 @@ class BatchAllMiner(Miner):
         return Triplets(*(torch.cat(parts) for parts in zip(*(b[:4] for b in blocks))))
 
     def fused_loss(
-        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        distance: Distance,
+        margin_fn: Any,
+        reduction: str,
+        swap: bool,
+        **ref: Any,
     ) -> Tensor | None:
         loss = batch_all_triplet_loss(
             embeddings,
@@ -240,7 +328,8 @@ class BatchAllMiner(Miner):
             distance=distance,
             margin_fn=margin_fn,
             reduction=reduction,
-            max_class_size=self.max_class_size,
+            max_class_size=None if ref else self.max_class_size,
+            **ref,
         )
         assert isinstance(loss, Tensor)  # without return_stats the loss alone
         return loss

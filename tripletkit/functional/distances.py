@@ -12,12 +12,19 @@ are far from the origin and close to each other (``torch.cdist``'s matmul path r
 0.01 at norm ≈ 1000). All rows are first shifted by their (detached) mean, which leaves every Euclidean distance
 unchanged but brings the norms down to the spread of the batch, so the cancellation costs ``eps · spread²`` instead
 of ``eps · norm²``. The paired forms use the direct difference and are exact to rounding.
+
+Identical rows are at distance exactly 0 in every matrix (not the ~5e-4 that the matrix form's rounding can leave
+between two equal one-hot rows in float32). Candidates are rows with equal 64-bit fingerprints of their bits, which
+are then compared exactly: O((N + M)·D) work when no two rows are equal (a static N×M mask under ``torch.compile``
+and XLA).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .._validation import _static
 
 __all__ = [
     "safe_sqrt",
@@ -71,6 +78,67 @@ def _zero_diagonal(d: Tensor) -> Tensor:
     return d.fill_diagonal_(0.0)
 
 
+_FINGERPRINT_SEED = 0x7F4A7C15
+_MULTIPLIERS: dict[tuple[int, str], Tensor] = {}
+
+
+def _fingerprint(x: Tensor) -> Tensor:
+    """(N,) int64 hash of each row's bit pattern: equal rows always give equal values (integer sums wrap and are
+    exact in any order); distinct rows collide with probability about 2⁻³² per pair."""
+    d = x.shape[1]
+    bits = x.detach() + 0.0  # -0.0 and 0.0 are equal rows
+    if bits.dtype == torch.float64:
+        ints = bits.view(torch.int64)
+    elif bits.dtype == torch.float32:
+        ints = bits.view(torch.int32).to(torch.int64)
+    else:
+        ints = bits.view(torch.int16).to(torch.int64)
+    key = (d, str(x.device))
+    if key not in _MULTIPLIERS:
+        g = torch.Generator().manual_seed(_FINGERPRINT_SEED)
+        odd = torch.randint(-(2**62), 2**62, (d,), generator=g, dtype=torch.int64) * 2 + 1
+        _MULTIPLIERS[key] = odd.to(x.device)
+    return (ints * _MULTIPLIERS[key]).sum(1)
+
+
+def _zero_identical(
+    d: Tensor, x: Tensor, y: Tensor | None, usable: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """Entries of ``d`` whose two rows are equal become exactly 0 (in place unless ``d`` needs its graph).
+
+    Eager: rows with equal fingerprints are found by sorting N + M integers, and only those pairs are compared
+    exactly, so a batch without duplicates costs O((N + M)·D) and never another pass over ``d``. Traced
+    (``torch.compile``, XLA): a static N×M mask from the fingerprints. ``usable``: (N,) and (M,) masks of rows that
+    may be set to 0 at all (the cosine distance keeps its zero vectors at distance 1)."""
+    fx = _fingerprint(x)
+    fy = fx if y is None else _fingerprint(y)
+    if _static(d):
+        same = fx[:, None] == fy[None, :]
+        if usable is not None:
+            same = same & usable[0][:, None] & usable[1][None, :]
+        return d.masked_fill(same, 0.0)
+    n = fx.shape[0]
+    keys = fx if y is None else torch.cat([fx, fy])
+    _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    if int(counts.max()) < 2:
+        return d
+    rows = torch.nonzero(counts[inverse] > 1).flatten()
+    left, right = (rows, rows) if y is None else (rows[rows < n], rows[rows >= n])
+    i, j = torch.nonzero(inverse[left][:, None] == inverse[right][None, :], as_tuple=True)
+    i, j = left[i], right[j] - (0 if y is None else n)
+    yy = x if y is None else y
+    hit = (x.detach()[i] == yy.detach()[j]).all(1) & ((i != j) if y is None else True)
+    if usable is not None:
+        hit = hit & usable[0][i] & usable[1][j]
+    i, j = i[hit], j[hit]
+    if i.numel() == 0:
+        return d
+    if d.requires_grad:
+        d = d.clone()
+    d[i, j] = 0.0
+    return d
+
+
 def _needs_graph(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -91,7 +159,7 @@ def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
         d2 = torch.addmm(sx + sy.T, xc, yc.T, alpha=-2.0).clamp_min(0.0)
     if y is None:
         d2 = _zero_diagonal(d2)
-    return d2
+    return _zero_identical(d2, x, y)
 
 
 def euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -112,7 +180,9 @@ def cosine_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
         d = torch.addmm(torch.ones((), dtype=xn.dtype, device=xn.device), xn, yn.T, alpha=-1.0).clamp(0.0, 2.0)
     if y is None:
         d = _zero_diagonal(d)
-    return d
+    nx = torch.linalg.vector_norm(x.detach(), dim=-1) >= _COSINE_EPS
+    ny = nx if y is None else torch.linalg.vector_norm(y.detach(), dim=-1) >= _COSINE_EPS
+    return _zero_identical(d, x, y, (nx, ny))
 
 
 def _pull_back(x: Tensor, weights: Tensor) -> Tensor:

@@ -31,8 +31,13 @@ __all__ = [
     "batch_hard_triplets",
     "batch_hard_triplets_factored",
     "mine_batch_hard",
+    "mine_batch_hard_ref",
     "ClassMembers",
     "class_members",
+    "ref_members",
+    "random_triplets_ref",
+    "semihard_triplets_ref",
+    "batch_all_triplets_ref",
     "random_triplets",
     "semihard_triplets",
     "batch_all_triplet_count",
@@ -160,6 +165,129 @@ def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMem
     self_index = torch.arange(n, device=device)[:, None]
     members = torch.where(inside, order[cols], self_index)
     return ClassMembers(members, inside & (members != self_index), size)
+
+
+def ref_members(
+    labels: Tensor, ref_labels: Tensor, *, self_index: Tensor | None = None, max_class_size: int | None = None
+) -> ClassMembers:
+    """[`ClassMembers`][tripletkit.functional.miners.ClassMembers] of query rows in a reference set: ``members[i]``
+    lists the reference rows with i's label (padded with the first of them, or any row when there is none; the
+    padding is never positive), ``positive[i]``
+    marks the real ones except ``self_index[i]`` (the reference row that is i's own copy, -1 for none), and
+    ``class_size[i]`` counts them (self included), so ``M − class_size[i]`` rows are i's negatives.
+
+    ``max_class_size`` bounds the members per query (static shapes); otherwise it is read from the labels."""
+    m = ref_labels.shape[0]
+    device = labels.device
+    order = torch.argsort(ref_labels, stable=True)
+    ordered = ref_labels[order].contiguous()
+    start = torch.searchsorted(ordered, labels.contiguous(), right=False)
+    size = torch.searchsorted(ordered, labels.contiguous(), right=True) - start
+    if max_class_size is None:
+        max_class_size = max(1, int(size.max())) if size.numel() else 1
+    elif not _static(labels) and size.numel() and int(size.max()) > max_class_size:
+        raise ValueError(
+            f"max_class_size={max_class_size} but a label has {int(size.max())} members in the reference set"
+        )
+    k = torch.arange(max_class_size, device=device)
+    inside = k[None, :] < size[:, None]
+    cols = torch.clamp(start[:, None] + k[None, :], max=max(m - 1, 0))
+    members = torch.where(inside, order[cols], order[cols[:, :1]] if m else torch.zeros_like(cols))
+    positive = inside
+    if self_index is not None:
+        positive = positive & (members != self_index[:, None])
+    return ClassMembers(members, positive, size)
+
+
+@torch.no_grad()
+@outside_autocast
+def mine_batch_hard_ref(
+    x: Tensor,
+    labels: Tensor,
+    ref: Tensor,
+    ref_labels: Tensor,
+    *,
+    distance: DistanceLike,
+    self_index: Tensor | None = None,
+) -> Triplets:
+    """Batch-hard mining of query rows against a reference set (PML's ``ref_emb``): for every query row, the
+    furthest reference row with its label and the nearest with another label. ``self_index[i]`` (a reference row,
+    or -1) is i's own copy and never its positive. Indices of ``positive`` and ``negative`` point into ``ref``.
+    Dense: one (N, M) distance matrix, no gradient."""
+    d = distance.matrix(x, ref)
+    same = labels[:, None] == ref_labels[None, :]
+    pos_mask = same
+    if self_index is not None:
+        cols = torch.arange(ref.shape[0], device=x.device)
+        pos_mask = same & (cols[None, :] != self_index[:, None])
+    pos_val, positive = d.masked_fill(~pos_mask, float("-inf")).max(1)
+    neg_val, negative = d.masked_fill(same, float("inf")).min(1)
+    valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
+    return Triplets(torch.arange(x.shape[0], device=x.device), positive, negative, valid)
+
+
+@torch.no_grad()
+def semihard_triplets_ref(
+    dist: Tensor,
+    labels: Tensor,
+    ref_labels: Tensor,
+    *,
+    self_index: Tensor | None = None,
+    max_class_size: int | None = None,
+) -> Triplets:
+    """[`semihard_triplets()`][tripletkit.functional.miners.semihard_triplets] of query rows against a reference set:
+    ``dist`` is (N, M), indices of positives and negatives point into the reference set. Each query row's negative
+    distances are sorted once and every pair finds its semi-hard negative by binary search: O(N·M·log M) time and
+    O(N·M) memory."""
+    n, m = dist.shape
+    cm = ref_members(labels, ref_labels, self_index=self_index, max_class_size=max_class_size)
+    neg = dist.masked_fill(labels[:, None] == ref_labels[None, :], float("inf"))
+    sorted_neg, order = neg.sort(1, stable=True)
+    num_neg = m - cm.class_size
+    d_ap = dist.gather(1, cm.members)
+    slot = torch.searchsorted(sorted_neg.contiguous(), d_ap.contiguous(), right=True)
+    found = slot < num_neg[:, None]
+    last = (num_neg - 1).clamp_min(0)[:, None]
+    slot = torch.where(found, slot, last.expand_as(slot))
+    negative = order.gather(1, slot)
+    valid = cm.positive & (num_neg > 0)[:, None]
+    anchor = torch.arange(n, device=dist.device)[:, None].expand_as(negative)
+    return Triplets(anchor.reshape(-1), cm.members.reshape(-1), negative.reshape(-1), valid.reshape(-1))
+
+
+@torch.no_grad()
+def random_triplets_ref(
+    labels: Tensor,
+    ref_labels: Tensor,
+    *,
+    self_index: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Triplets:
+    """One uniformly random reference positive (never ``self_index``) and negative per query row."""
+    n, m = labels.shape[0], ref_labels.shape[0]
+    order = torch.argsort(ref_labels, stable=True)
+    ordered = ref_labels[order].contiguous()
+    start = torch.searchsorted(ordered, labels.contiguous(), right=False)
+    size = torch.searchsorted(ordered, labels.contiguous(), right=True) - start
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(m, device=labels.device)
+    if self_index is None:
+        self_slot = torch.full_like(start, -1)
+    else:
+        inside = (self_index >= 0) & (self_index < m)
+        slot = rank[self_index.clamp(0, max(m - 1, 0))] - start
+        self_slot = torch.where(inside & (slot >= 0) & (slot < size), slot, torch.full_like(slot, -1))
+    has_self = self_slot >= 0
+    where = generator.device if generator is not None else labels.device
+    u = torch.rand((2, n), generator=generator, device=where, dtype=torch.float64).to(labels.device)
+    choices = size - has_self.long()
+    k = torch.minimum(torch.floor(u[0] * choices.clamp_min(1)).long(), (choices - 1).clamp_min(0))
+    k = k + (has_self & (k >= self_slot)).long()
+    positive = order[torch.clamp(start + k, max=max(m - 1, 0))]
+    others = m - size
+    j = torch.minimum(torch.floor(u[1] * others.clamp_min(1)).long(), (others - 1).clamp_min(0))
+    negative = order[torch.where(j < start, j, j + size).clamp(max=max(m - 1, 0))]
+    return Triplets(torch.arange(n, device=labels.device), positive, negative, (choices >= 1) & (others >= 1))
 
 
 @torch.no_grad()
@@ -333,6 +461,17 @@ def iter_batch_all_triplets(labels: Tensor, *, max_triplets_per_block: int = 1 <
             blocks, size = [], 0
     if blocks:
         yield _stack_blocks(blocks)
+
+
+def batch_all_triplets_ref(labels: Tensor, ref_labels: Tensor, *, self_index: Tensor | None = None) -> Triplets:
+    """Every (query a, reference p, reference n) with ``label[a] = ref_label[p] ≠ ref_label[n]`` and
+    ``p ≠ self_index[a]``, listed explicitly (for inspection; the losses never list them)."""
+    same = labels[:, None] == ref_labels[None, :]
+    pos = same.clone()
+    if self_index is not None:
+        pos &= torch.arange(ref_labels.shape[0], device=labels.device)[None, :] != self_index[:, None]
+    a, p, n = torch.nonzero(pos[:, :, None] & ~same[:, None, :], as_tuple=True)
+    return Triplets(a, p, n, torch.ones_like(a, dtype=torch.bool))
 
 
 def _stack_blocks(blocks: list[tuple[Tensor, Tensor, Tensor]]) -> Triplets:

@@ -49,9 +49,48 @@ class TripletLossBase(nn.Module):
         """The loss value of a collapsed model (all embeddings equal): m for the hinge, ln(1+e^m) for softplus."""
         return self.margin_fn.collapse_value
 
-    def _check_inputs(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        check_embeddings(embeddings, min_rows=1 if self.gather_distributed else 2, values=self.validate)
+    def _check_inputs(self, embeddings: Tensor, labels: Tensor, min_rows: int | None = None) -> Tensor:
+        if min_rows is None:
+            min_rows = 1 if self.gather_distributed else 2
+        check_embeddings(embeddings, min_rows=min_rows, values=self.validate)
         return check_labels(labels, embeddings.shape[0], device=embeddings.device)
+
+    def _check_ref(
+        self,
+        embeddings: Tensor,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
+        ref_self_index: Tensor | None,
+    ) -> dict:
+        """The reference-set keyword arguments of the functional losses, checked; empty without a reference set."""
+        if ref_embeddings is None:
+            if ref_labels is not None or ref_self_index is not None:
+                raise ValueError("ref_labels and ref_self_index need ref_embeddings")
+            return {}
+        if self.gather_distributed:
+            raise ValueError("ref_embeddings cannot be combined with gather_distributed")
+        check_embeddings(ref_embeddings, name="ref_embeddings", min_rows=1, values=self.validate)
+        if ref_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"ref_embeddings have {ref_embeddings.shape[1]} dimensions but the embeddings have {embeddings.shape[1]}"
+            )
+        if ref_labels is None:
+            raise ValueError("ref_labels are required with ref_embeddings")
+        ref_labels = check_labels(
+            ref_labels, ref_embeddings.shape[0], device=embeddings.device, name="ref_labels", of="ref_embeddings"
+        )
+        ref = ref_embeddings.to(embeddings.device)
+        if ref_self_index is not None:
+            ref_self_index = check_labels(
+                ref_self_index, embeddings.shape[0], device=embeddings.device, name="ref_self_index"
+            ).long()
+            if (
+                self.validate
+                and ref_self_index.numel()
+                and (int(ref_self_index.min()) < -1 or int(ref_self_index.max()) >= ref.shape[0])
+            ):
+                raise ValueError(f"ref_self_index must lie in [-1, {ref.shape[0]}) for {ref.shape[0]} reference rows")
+        return {"ref": ref, "ref_labels": ref_labels, "ref_self_index": ref_self_index}
 
     def _gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The global batch when ``gather_distributed`` (see [`tripletkit.distributed`][tripletkit.distributed]), else the inputs."""

@@ -30,6 +30,10 @@ class BatchAllLoss(TripletLossBase):
       ``"sum"``: 1. ``"none"`` is not offered: it would need one value per triplet (O(N³) memory).
     * **no valid (or no active) triplet**: 0 with a (zero) gradient, not NaN.
     * **soft margin**: ``softplus``, stable for any gap.
+    * **reference set** (``ref_embeddings``, ``ref_labels``; PML's ``ref_emb``): anchors from ``embeddings``,
+      positives and negatives from the reference set, ``ref_self_index`` as in
+      [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss]; ``max_class_size`` then bounds a label's rows in
+      the reference set.
     * **memory**: triplets are evaluated in anchor blocks of ``block_elements`` and the gradient with respect to the
       distance matrix is accumulated on the way, so peak memory is O(N² + block_elements), never O(N³).
 
@@ -74,11 +78,22 @@ class BatchAllLoss(TripletLossBase):
         self.block_elements = block_elements
 
     def forward(
-        self, embeddings: Tensor, labels: Tensor, return_stats: bool = False
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        return_stats: bool = False,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, BatchAllStats]:
         """Scalar loss; with ``return_stats`` also ``{"num_triplets", "num_active"}`` (0-d int64 tensors)."""
-        labels = self._check_inputs(embeddings, labels)
-        embeddings, labels = self._gather(embeddings, labels)
+        ref: dict = {}
+        if ref_embeddings is not None:
+            labels = self._check_inputs(embeddings, labels, min_rows=1)
+            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
+        else:
+            labels = self._check_inputs(embeddings, labels)
+            embeddings, labels = self._gather(embeddings, labels)
         out = batch_all_triplet_loss(
             embeddings,
             labels,
@@ -88,6 +103,7 @@ class BatchAllLoss(TripletLossBase):
             max_class_size=self.max_class_size,
             block_elements=self.block_elements,
             return_stats=return_stats,
+            **ref,
         )
         if isinstance(out, tuple):
             return self._finish(out[0]), out[1]

@@ -33,8 +33,17 @@ class BatchHardLoss(TripletLossBase):
     * **no valid anchor**: the loss is 0 (not NaN) and still has a gradient (all zeros).
     * **soft margin**: ``softplus`` with the default margin 0 is Hermans' soft margin ``ln(1 + exp(gap))``; it is
       stable for any gap (no inf, no NaN gradient).
-    * **swap**: HardNet's anchor swap (Mishchuk et al. 2017): the negative distance is
-      ``min(min_n d(a, n), min_n d(p*, n))`` where ``p*`` is the hardest positive.
+    * **swap**: the anchor swap applied to batch-hard mining: the negative distance is
+      ``min(min_n d(a, n), min_n d(p*, n))`` where ``p*`` is the hardest positive, i.e. the positive's *own* nearest
+      negative, with negatives of every kind (same-side distances included). This is not HardNet's loss, whose
+      negatives are cross distances only ([`HardNetLoss`][tripletkit.losses.hardnet.HardNetLoss]), nor PML's
+      ``TripletMarginLoss(swap=True)`` with a batch-hard miner, which keeps the anchor's nearest negative ``n*`` and
+      uses ``min(d(a, n*), d(p*, n*))``.
+    * **reference set** (``ref_embeddings``, ``ref_labels``; PML's ``ref_emb``/``ref_labels``): anchors are the rows
+      of ``embeddings``, positives and negatives the rows of the reference set; an anchor without a positive (or a
+      negative) there is left out. ``ref_self_index[i]`` names the reference row that is anchor i's own copy, which
+      is never its positive (-1: none; [`CrossBatchMemory`][tripletkit.losses.cross_batch_memory.CrossBatchMemory]
+      passes it). ``swap`` is not defined against a reference set.
     * **ties**: the smallest index wins; the loss value does not depend on it.
     * **dtypes**: float16/bfloat16 embeddings are computed in float32, also inside a caller's ``torch.autocast`` region (the loss switches autocast off for itself).
 
@@ -43,7 +52,7 @@ class BatchHardLoss(TripletLossBase):
         margin_fn: ``"hinge"``, ``"softplus"``, a config dict or a [`MarginFunction`][tripletkit.margins.MarginFunction].
         distance: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"``, a config dict or a distance object.
         reduction: ``"mean"``, ``"mean_active"``, ``"sum"`` or ``"none"``.
-        swap: anchor swap.
+        swap: the anchor swap (see above).
         max_class_size: the largest class in any batch (``K`` for S×K batches): keeps shapes static under
             ``torch.compile``/XLA while using the fast mining path. Default: read from the labels in eager mode.
         validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
@@ -79,8 +88,24 @@ class BatchHardLoss(TripletLossBase):
         self.swap = bool(swap)
         self.max_class_size = check_class_size(max_class_size)
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """``embeddings``: (N, D) floating point, N ≥ 2; ``labels``: (N,) integers. Returns a scalar (or (N,))."""
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Tensor:
+        """``embeddings``: (N, D) floating point, N ≥ 2 (N ≥ 1 with a reference set); ``labels``: (N,) integers;
+        ``ref_embeddings``: (M, D), ``ref_labels``: (M,), ``ref_self_index``: (N,). Returns a scalar (or (N,))."""
+        if ref_embeddings is not None:
+            if self.swap:
+                raise ValueError("swap is not defined against a reference set")
+            labels = self._check_inputs(embeddings, labels, min_rows=1)
+            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
+            return batch_hard_triplet_loss(
+                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, **ref
+            )
         labels = self._check_inputs(embeddings, labels)
         embeddings, labels = self._gather(embeddings, labels)
         return self._finish(

@@ -33,6 +33,10 @@ class TripletLoss(TripletLossBase):
     * **distance**: computed from the row differences of the chosen pairs (exact near zero).
     * **swap**: ``min(d(a, n), d(p, n))`` as the negative distance (Balntas et al. 2016); with ``batch_hard`` it is
       HardNet's version (see [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss]).
+    * **reference set** (``ref_embeddings``, ``ref_labels``, ``ref_self_index``; PML's ``ref_emb``): the miner
+      (``batch_hard``, ``batch_all``, ``semihard``, ``random``, or any miner with ``supports_ref``) takes anchors
+      from ``embeddings`` and positives and negatives from the reference set, as in
+      [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
     * **gather_distributed**: mined losses see every replica's batch ([`tripletkit.distributed`][tripletkit.distributed]); given
       triplets index the local batch and are not gathered.
 
@@ -70,13 +74,25 @@ class TripletLoss(TripletLossBase):
         embeddings: Tensor,
         labels: Tensor | None = None,
         triplets: Triplets | tuple[Tensor, Tensor, Tensor] | None = None,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
     ) -> Tensor:
         if triplets is not None:
+            if ref_embeddings is not None:
+                raise ValueError("given triplets index the embeddings; ref_embeddings is for mined triplets")
             return self._given(embeddings, labels, triplets)
         if labels is None:
             raise ValueError("labels are required unless triplets are given")
-        labels = self._check_inputs(embeddings, labels)
-        embeddings, labels = self._gather(embeddings, labels)
+        ref: dict = {}
+        if ref_embeddings is not None:
+            if not getattr(self.miner, "supports_ref", False):
+                raise ValueError(f"{self.miner!r} cannot mine against a reference set (it has no supports_ref)")
+            labels = self._check_inputs(embeddings, labels, min_rows=1)
+            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
+        else:
+            labels = self._check_inputs(embeddings, labels)
+            embeddings, labels = self._gather(embeddings, labels)
         fused = getattr(self.miner, "fused_loss", None)
         loss = None
         if fused is not None:
@@ -87,9 +103,15 @@ class TripletLoss(TripletLossBase):
                 margin_fn=self.margin_fn,
                 reduction=self.reduction,
                 swap=self.swap,
+                **ref,
             )
         if loss is None:
-            mined = self.miner(embeddings.detach(), labels)
+            if ref:
+                mined = self.miner(
+                    embeddings.detach(), labels, ref["ref"].detach(), ref["ref_labels"], ref["ref_self_index"]
+                )
+            else:
+                mined = self.miner(embeddings.detach(), labels)
             loss = triplet_margin_loss(
                 embeddings,
                 mined,
@@ -97,6 +119,7 @@ class TripletLoss(TripletLossBase):
                 margin_fn=self.margin_fn,
                 reduction=self.reduction,
                 swap=self.swap,
+                ref=ref.get("ref"),
             )
         return self._finish(loss)
 
