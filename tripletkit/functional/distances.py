@@ -101,9 +101,7 @@ def _fingerprint(x: Tensor) -> Tensor:
     return (ints * _MULTIPLIERS[key]).sum(1)
 
 
-def _zero_identical(
-    d: Tensor, x: Tensor, y: Tensor | None, usable: tuple[Tensor, Tensor] | None = None
-) -> Tensor:
+def _zero_identical(d: Tensor, x: Tensor, y: Tensor | None, usable: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Entries of ``d`` whose two rows are equal become exactly 0 (in place unless ``d`` needs its graph).
 
     Eager: rows with equal fingerprints are found by sorting N + M integers, and only those pairs are compared

@@ -92,6 +92,7 @@ class BatchAllLoss(TripletLossBase):
             labels = self._check_inputs(embeddings, labels, min_rows=1)
             ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
         else:
+            self._check_ref(embeddings, None, ref_labels, ref_self_index)
             labels = self._check_inputs(embeddings, labels)
             embeddings, labels = self._gather(embeddings, labels)
         out = batch_all_triplet_loss(

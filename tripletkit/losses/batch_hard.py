@@ -106,6 +106,7 @@ class BatchHardLoss(TripletLossBase):
             return batch_hard_triplet_loss(
                 embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, **ref
             )
+        self._check_ref(embeddings, None, ref_labels, ref_self_index)
         labels = self._check_inputs(embeddings, labels)
         embeddings, labels = self._gather(embeddings, labels)
         return self._finish(

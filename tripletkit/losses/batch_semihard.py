@@ -83,6 +83,7 @@ class BatchSemiHardLoss(TripletLossBase):
             labels = self._check_inputs(embeddings, labels, min_rows=1)
             ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
         else:
+            self._check_ref(embeddings, None, ref_labels, ref_self_index)
             labels = self._check_inputs(embeddings, labels)
             ref = {}
         return batch_semihard_triplet_loss(

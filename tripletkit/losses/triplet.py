@@ -91,6 +91,7 @@ class TripletLoss(TripletLossBase):
             labels = self._check_inputs(embeddings, labels, min_rows=1)
             ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
         else:
+            self._check_ref(embeddings, None, ref_labels, ref_self_index)
             labels = self._check_inputs(embeddings, labels)
             embeddings, labels = self._gather(embeddings, labels)
         fused = getattr(self.miner, "fused_loss", None)
