@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
+from tripletkit import BatchAllLoss, BatchHardLoss, BatchSemiHardLoss, HardNetLoss, TripletLoss
 from tripletkit.testing.naive import naive_batch_all, naive_batch_hard
 
 MARGIN_FNS = ["hinge", "softplus"]
@@ -122,8 +122,9 @@ def test_inside_a_callers_autocast_region_the_loss_is_float32(loss_fn):
         BatchHardLoss(validate=False, max_class_size=4),
         BatchAllLoss(max_class_size=4, validate=False),
         BatchHardLoss(margin_fn="softplus", swap=True, validate=False),
+        BatchSemiHardLoss(max_class_size=4, validate=False),
     ],
-    ids=["batch_hard_dense", "batch_hard_blocked", "batch_all", "batch_hard_soft_swap"],
+    ids=["batch_hard_dense", "batch_hard_blocked", "batch_all", "batch_hard_soft_swap", "batch_semihard"],
 )
 def test_compile_parity_without_graph_breaks(loss_fn):
     # fullgraph=True fails on any data-dependent shape, .item() or Python branch on a tensor value;
@@ -139,3 +140,19 @@ def test_compile_parity_without_graph_breaks(loss_fn):
         lb.backward()
         torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_hardnet_compile_parity_without_graph_breaks():
+    loss_fn = HardNetLoss(validate=False)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        a, p = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+        a1, p1 = a.clone().requires_grad_(True), p.clone().requires_grad_(True)
+        a2, p2 = a.clone().requires_grad_(True), p.clone().requires_grad_(True)
+        la, lb = loss_fn(a1, p1), compiled(a2, p2)
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-5, atol=1e-6)

@@ -21,8 +21,8 @@ from tripletkit import (
     BatchHardLoss,
     BatchSemiHardLoss,
     CrossBatchMemory,
-    TripletLoss,
     TrainingCheckpoint,
+    TripletLoss,
 )
 from tripletkit.testing import reference as ref
 from tripletkit.testing.peers import have_pml, import_oml
