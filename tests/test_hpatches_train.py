@@ -115,6 +115,31 @@ def test_offline_miner_runs_and_resumes(tiny, tmp_path):
     assert len(anchors) > 0 and len(anchors) == len(positives) == len(negatives)
 
 
+def test_cross_batch_memory_trains_and_resumes_exactly(tiny, tmp_path):
+    # --memory 16: each batch is mined against the last 16 training embeddings; the queue is in the checkpoint,
+    # so an interrupted run continues with the same memory
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--memory", "16"] + FAST
+    main(args + ["--out", str(tmp_path / "a")])
+    main(args + ["--out", str(tmp_path / "b"), "--steps", "3"])
+    main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    a = torch.load(tmp_path / "a" / "descriptor.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["ranks"][0]["stateful"]["memory"]
+    assert bool(state["filled"]) and state["embedding_memory"].shape == (16, 128)
+    # the memory changes the run: it differs from the same run without it
+    main(["--data", str(tiny), "--stages", "denoise,descriptor", "--out", str(tmp_path / "c")] + FAST)
+    c = torch.load(tmp_path / "c" / "descriptor.pt", weights_only=True)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(SystemExit, match="smaller than the largest batch"):
+        main(args + ["--out", str(tmp_path / "d"), "--memory", "4"])
+    with pytest.raises(SystemExit, match="--miner offline cannot"):
+        main(args + ["--out", str(tmp_path / "d"), "--miner", "offline"])
+    with pytest.raises(SystemExit, match="--memory: 16 in the checkpoint, 32 now"):
+        main(args + ["--out", str(tmp_path / "b"), "--resume", "--memory", "32", "--steps", "9"])
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_parses_and_runs_a_step(tiny, tmp_path, preset):
     out = tmp_path / preset

@@ -101,6 +101,7 @@ TRAINING_FLAGS = (
     "scheduler",
     "patience",
     "augment",
+    "memory",
 )
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)",
     )
     g.add_argument("--augment", default="none", choices=["none", "random", "pair"])
+    g.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        help="cross-batch memory (XBM): mine each batch against the last N training embeddings (0: off)",
+    )
     g.add_argument("--checkpoint-every", type=int, default=50)
     g.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
     g = p.add_argument_group("evaluation")
@@ -241,6 +248,7 @@ class Config:
     epochs: float | None
     eval_every: int
     augment: str
+    memory: int
     checkpoint_every: int
     monitor_every: int
     verification_pairs: int
@@ -313,6 +321,19 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")
     values.update(stages=stages, stages_sk=_stages_sk(values["stages_sk"]))
+    memory = values["memory"]
+    if memory < 0:
+        raise SystemExit(f"error: --memory must be >= 0, got {memory}")
+    if memory:
+        largest = max(s * k for s, k in values["stages_sk"])
+        if memory < largest:
+            raise SystemExit(f"error: --memory {memory} is smaller than the largest batch ({largest} = S×K)")
+        if values["miner"] not in ("batch_hard", "batch_all", "random"):
+            raise SystemExit(f"error: --memory mines a batch against the memory; --miner {values['miner']} cannot")
+        if values["device"] == "xla":
+            raise SystemExit(
+                "error: --memory runs in eager mode (it reads the queue's fill level): not with --device xla"
+            )
     return Config(**values)
 
 

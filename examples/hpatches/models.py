@@ -46,6 +46,8 @@ class FastDropout(nn.Dropout):
 class L2Net(nn.Module):
     """L2-Net as HardNet defines it; input (B, 1, 32, 32) in any intensity scale, output (B, 128) unit vectors."""
 
+    DIM = 128  # the descriptor's length
+
     def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tripletkit import LOSSES, OfflineMiner
+from tripletkit import LOSSES, CrossBatchMemory, OfflineMiner
 from tripletkit.distributed import all_reduce_mean
 from tripletkit.training import (
     CheckpointError,
@@ -182,6 +182,13 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     if rt.ddp:  # different dropout masks on each replica from here on
         rt.manual_seed(cfg.seed + rt.rank)
     loss_fn = build_loss(cfg, rt)
+    # the probe and the scheduler judge the plain loss; only the training step mines against the memory
+    xbm = None
+    if cfg.memory:
+        if rt.ddp:
+            raise SystemExit("error: --memory is not available under DDP (each replica would keep its own queue)")
+        xbm = CrossBatchMemory(loss_fn, embedding_size=L2Net.DIM, memory_size=cfg.memory).to(device)
+    train_loss = xbm if xbm is not None else loss_fn
     offline = (
         OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed)
         if cfg.miner == "offline"
@@ -210,6 +217,8 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         stateful["miner"] = loss_fn.miner
     if offline is not None:
         stateful["offline"] = offline
+    if xbm is not None:
+        stateful["memory"] = xbm
     ckpt = TrainingCheckpoint(cfg.out / "checkpoint.pt", model=model, optimizer=opt, stateful=stateful, device=device)
     try:
         if cfg.resume and ckpt.exists():  # the flags first: a changed miner also changes what state there is
@@ -258,7 +267,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
                 )
                 with rt.autocast():
                     emb = net(xb)
-                loss = loss_fn(emb.float(), yb.to(device))
+                loss = train_loss(emb.float(), yb.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
