@@ -8,9 +8,12 @@ from collections.abc import Callable
 
 import torch
 
-from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss
+from tripletkit import BatchAllLoss, BatchHardLoss, BatchSemiHardLoss, CrossBatchMemory, HardNetLoss, TripletLoss
 from tripletkit.functional import squared_euclidean_matrix
-from tripletkit.testing.naive import naive_batch_all, naive_batch_hard, naive_semihard
+from tripletkit.testing.naive import naive_batch_all, naive_batch_hard, naive_hardnet, naive_semihard
+from tripletkit.testing.peers import have_pml, import_oml
+
+__all__ = ["D", "K", "MARGINS", "XBM_MEMORY", "have_oml", "have_pml", "make_case", "make_inputs", "step", "threads"]
 
 D = 128
 K = 8
@@ -21,12 +24,12 @@ def threads() -> int:
     return int(os.environ.get("TRIPLETKIT_BENCH_THREADS", "1"))
 
 
-def have_pml() -> bool:
-    try:
-        import pytorch_metric_learning  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def have_oml() -> bool:
+    return import_oml() is not None
+
+
+# the cross-batch memory rows: a queue of this many rows (or 2N for larger batches), filled before timing
+XBM_MEMORY = 2048
 
 
 def make_inputs(n: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +52,11 @@ def _pml_case(loss: str, margin_fn: str) -> Callable[[torch.Tensor, torch.Tensor
         return lambda x, y: loss_fn(x, y, miner(x, y))
     if loss == "batch_all":
         return lambda x, y: loss_fn(x, y)
+    if loss == "xbm":
+        from pytorch_metric_learning.losses import CrossBatchMemory as PMLCrossBatchMemory
+
+        xbm = PMLCrossBatchMemory(loss_fn, D, memory_size=XBM_MEMORY, miner=miners.BatchHardMiner(distance=dist))
+        return _prefilled(lambda x, y: xbm(x, y))
     if loss == "random":
         # PML's random triplets: TripletMarginLoss(triplets_per_anchor=1) samples one triplet per anchor
         rnd = losses.TripletMarginLoss(
@@ -62,8 +70,32 @@ def _pml_case(loss: str, margin_fn: str) -> Callable[[torch.Tensor, torch.Tensor
     raise ValueError(loss)
 
 
+def _oml_case(loss: str, margin_fn: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    # OML's TripletLossWithMiner: plain Euclidean (cdist), mean over the mined triplets; margin None = soft margin
+    oml = import_oml()
+    assert oml is not None
+    margin = MARGINS[margin_fn] if margin_fn == "hinge" else None
+    miner = {"batch_hard": oml["HardTripletsMiner"], "batch_all": oml["AllTripletsMiner"]}[loss]()
+    fn = oml["TripletLossWithMiner"](margin=margin, miner=miner)
+    return lambda x, y: fn(x, y)
+
+
+def _prefilled(fn: Callable) -> Callable:
+    # a full queue before timing, for ours and PML alike: the rows then cost what they cost in training
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(XBM_MEMORY // 256):
+            fn(torch.randn(256, D, generator=g), torch.arange(32).repeat_interleave(8) + 1000)
+    return fn
+
+
+def _pairs(fn: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    # HardNet's batch is N/2 matching pairs: rows 2i and 2i+1 of the same inputs
+    return lambda x, y: fn(x[0::2], x[1::2])
+
+
 def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-    """A callable (x, labels) -> loss for ``impl`` in ours / naive / pml, or the floor."""
+    """A callable (x, labels) -> loss for ``impl`` in ours / naive / pml / oml, or the floor."""
     m = MARGINS[margin_fn]
     if impl == "floor":
 
@@ -77,8 +109,13 @@ def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, t
             "batch_hard": BatchHardLoss(margin=m, margin_fn=margin_fn),
             "batch_all": BatchAllLoss(margin=m, margin_fn=margin_fn),
             "random": TripletLoss(margin=m, margin_fn=margin_fn, miner={"name": "random", "seed": 0}),
-            "semihard": TripletLoss(margin=m, margin_fn=margin_fn, miner="semihard"),
-        }[loss]
+            "semihard": BatchSemiHardLoss(margin=m, margin_fn=margin_fn),
+            "hardnet": _pairs(HardNetLoss(margin=1.0 if margin_fn == "hinge" else 0.0, margin_fn=margin_fn)),
+        }.get(loss)
+        if loss == "xbm":
+            return _prefilled(CrossBatchMemory(BatchHardLoss(margin=m, margin_fn=margin_fn), D, memory_size=XBM_MEMORY))
+        if fn is None:
+            raise ValueError(loss)
         return fn
     if impl == "naive":
         if loss == "batch_hard":
@@ -87,9 +124,15 @@ def make_case(impl: str, loss: str, margin_fn: str) -> Callable[[torch.Tensor, t
             return lambda x, y: naive_batch_all(x, y, margin=m, margin_fn=margin_fn)
         if loss == "semihard":
             return lambda x, y: naive_semihard(x, y, margin=m, margin_fn=margin_fn)
-        raise ValueError("no naive random-triplet reference")
+        if loss == "hardnet":
+            return _pairs(
+                lambda a, p: naive_hardnet(a, p, margin=1.0 if margin_fn == "hinge" else 0.0, margin_fn=margin_fn)
+            )
+        raise ValueError(f"no naive reference for {loss}")
     if impl == "pml":
         return _pml_case(loss, margin_fn)
+    if impl == "oml":
+        return _oml_case(loss, margin_fn)
     raise ValueError(impl)
 
 

@@ -93,7 +93,7 @@ def measure(impl: str, loss: str, margin: str, n: int, dtype: str = "float32", t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", required=True, choices=["ours", "naive", "pml", "floor"])
+    p.add_argument("--impl", required=True, choices=["ours", "naive", "pml", "oml", "floor"])
     p.add_argument("--loss", required=True, choices=["batch_hard", "batch_all", "random", "semihard"])
     p.add_argument("--margin", default="hinge", choices=["hinge", "softplus"])
     p.add_argument("--n", type=int, required=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from . import memory
-from .cases import have_pml, make_case, make_inputs, step, threads
+from .cases import XBM_MEMORY, have_oml, have_pml, make_case, make_inputs, step, threads
 
 PROFILES = {
     "default": [128, 512, 1024, 2048, 4096],
@@ -43,6 +43,8 @@ def _memory(impl: str, loss: str, margin: str, n: int, dtype: str) -> float | No
 
 
 def _rounds(n: int, impl: str, loss: str) -> int:
+    if loss == "xbm":
+        return 10  # the queue (XBM_MEMORY rows) is filled before timing (bench.cases)
     if impl in ("pml", "naive") and loss == "batch_all":
         return 1 if n >= 2048 else 3
     return 3 if n >= 2048 else 10
@@ -63,14 +65,17 @@ def _run(benchmark, impl: str, loss: str, margin: str, n: int, dtype: torch.dtyp
     benchmark.pedantic(step, args=(fn, x, y), rounds=_rounds(n, impl, loss), warmup_rounds=1, iterations=1)
 
 
-LOSSES = ["batch_hard", "batch_all", "random", "semihard"]
-PML_LOSSES = ["batch_hard", "batch_all", "random"]  # PML's "semihard" miner keeps the whole band: another definition
+LOSSES = ["batch_hard", "batch_all", "random", "semihard", "hardnet", "xbm"]
+# PML's "semihard" miner keeps the whole band (another definition); xbm: PML's CrossBatchMemory + BatchHardMiner
+PML_LOSSES = ["batch_hard", "batch_all", "random", "xbm"]
 MARGINS = ["hinge", "softplus"]
 
 
 @pytest.mark.parametrize("margin", MARGINS)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_ours(benchmark, loss, margin, n):
+    if loss == "xbm" and n > XBM_MEMORY // 2:
+        pytest.skip(f"the cross-batch memory rows use a {XBM_MEMORY}-row queue: N ≤ {XBM_MEMORY // 2}")
     _run(benchmark, "ours", loss, margin, n)
 
 
@@ -81,7 +86,7 @@ def test_floor(benchmark, loss, n):
 
 
 @pytest.mark.parametrize("margin", MARGINS)
-@pytest.mark.parametrize("loss", ["batch_hard", "batch_all", "semihard"])
+@pytest.mark.parametrize("loss", ["batch_hard", "batch_all", "semihard", "hardnet"])
 def test_naive(benchmark, loss, margin, n):
     if n > 512:
         pytest.skip("the naive dense reference holds N³ triplets: only N ≤ 512")
@@ -93,11 +98,23 @@ def test_naive(benchmark, loss, margin, n):
 def test_pml(benchmark, loss, margin, n):
     if not have_pml():
         pytest.skip("pytorch-metric-learning is not installed")
+    if loss == "xbm" and n > XBM_MEMORY // 2:
+        pytest.skip(f"the cross-batch memory rows use a {XBM_MEMORY}-row queue: N ≤ {XBM_MEMORY // 2}")
     if loss == "batch_all" and n > 4096:
         pytest.skip("PML batch-all needs ~23 GB at N = 8192")
     if loss == "batch_all" and margin == "softplus" and n > 2048:
         pytest.skip("PML batch-all takes ~10 s a call at N = 4096: the hinge row stands for both margins there")
     _run(benchmark, "pml", loss, margin, n)
+
+
+@pytest.mark.parametrize("margin", MARGINS)
+@pytest.mark.parametrize("loss", ["batch_hard", "batch_all"])
+def test_oml(benchmark, loss, margin, n):
+    if not have_oml():
+        pytest.skip("open-metric-learning is not installed")
+    if loss == "batch_all" and n > 1024:
+        pytest.skip("OML's AllTripletsMiner lists every triplet in Python: N ≤ 1024")
+    _run(benchmark, "oml", loss, margin, n)
 
 
 @pytest.mark.parametrize("impl", ["ours", "pml"])

@@ -68,3 +68,15 @@ def naive_semihard(x, labels, margin=0.2, margin_fn="hinge", kind="euclidean"):
     valid = pos & neg.any(1)[:, None]
     loss = torch.where(valid, _h(margin + d - chosen, margin_fn), torch.zeros_like(d))
     return loss.sum() / valid.sum().clamp_min(1)
+
+
+def naive_hardnet(a, p, margin=1.0, margin_fn="hinge", eps=1e-6, threshold=0.008, penalty=10.0):
+    """HardNet's loss on the dense (N, N) cross-distance matrix with autograd through all of it (Mishchuk et al.
+    2017): row and column minima with the diagonal and near-duplicates pushed away by ``penalty``."""
+    diff = a[:, None, :] - p[None, :, :]
+    d = torch.sqrt((diff * diff).sum(-1) + eps)
+    eye = torch.eye(len(a), dtype=torch.bool, device=a.device)
+    cand = d + penalty * eye
+    cand = torch.where(cand < threshold, cand + penalty, cand)
+    neg = torch.minimum(cand.min(1).values, cand.min(0).values)
+    return _h(margin + d.diagonal() - neg, margin_fn).mean()
