@@ -6,6 +6,8 @@ Miners are thin, configurable callables over [`tripletkit.functional.miners`][tr
 * ``batch_hard`` (Hermans et al. 2017): per anchor, the furthest positive and the nearest negative in the batch.
 * ``random``: per anchor, a uniformly random positive and negative (the random-triplet baseline).
 * ``semihard``: per anchor-positive pair, the nearest negative farther than the positive (FaceNet, TFA).
+
+``batch_hard``, ``batch_all``, ``semihard`` and ``random`` also mine against a reference set (``supports_ref``).
 * ``batch_all``: every valid triplet, listed explicitly (O(#triplets) memory: for inspection; the batch-all loss
   never lists them).
 * ``offline``: hard or semi-hard triplets mined from a whole dataset's descriptor bank, chunked.
@@ -79,7 +81,14 @@ class Miner:
     supports_ref = False
 
     @outside_autocast
-    def __call__(self, embeddings: Tensor, labels: Tensor) -> Triplets:
+    def __call__(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+        ref_self_index: Tensor | None = None,
+    ) -> Triplets:
         raise NotImplementedError
 
     def fused_loss(
@@ -142,7 +151,8 @@ class _SeededMiner(Miner):
 
 @MINERS.register("batch_hard")
 class BatchHardMiner(Miner):
-    """Furthest positive and nearest negative per anchor; ``swap`` adds HardNet's anchor swap."""
+    """Furthest positive and nearest negative per anchor; ``swap`` adds the anchor swap (the hardest positive's own nearest negative;
+    HardNet's loss is ``HardNetLoss``)."""
 
     def __init__(
         self, distance: str | dict | Distance = "euclidean", swap: bool = False, max_class_size: int | None = None

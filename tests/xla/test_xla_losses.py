@@ -15,7 +15,7 @@ os.environ.setdefault("PJRT_DEVICE", "CPU")
 torch_xla = pytest.importorskip("torch_xla")
 met = pytest.importorskip("torch_xla.debug.metrics")
 
-from tripletkit import BatchAllLoss, BatchHardLoss, TripletLoss  # noqa: E402
+from tripletkit import BatchAllLoss, BatchHardLoss, BatchSemiHardLoss, HardNetLoss, TripletLoss  # noqa: E402
 
 pytestmark = pytest.mark.xla
 # the runtime starts before any backward pass: autograd sizes its per-device queues at its first backward
@@ -24,10 +24,21 @@ DEV = torch_xla.device()
 K = 4
 
 
+def _pairs(loss):
+    # HardNet's batch is matching pairs: rows 2i and 2i+1 of the same inputs
+    return lambda x, y: loss(x[0::2], x[1::2])
+
+
 def _configs():
+    for margin_fn in ("hinge", "softplus"):
+        yield (
+            f"hardnet-{margin_fn}",
+            lambda f=margin_fn: _pairs(HardNetLoss(margin=1.0 if f == "hinge" else 0.0, margin_fn=f, validate=False)),
+        )
     for margin_fn, distance in itertools.product(["hinge", "softplus"], ["euclidean", "sqeuclidean", "cosine"]):
         m = 0.2 if margin_fn == "hinge" else 0.0
         common = dict(margin=m, margin_fn=margin_fn, distance=distance, validate=False)
+        yield f"batch_semihard-{margin_fn}-{distance}", lambda c=common: BatchSemiHardLoss(max_class_size=K, **c)
         yield f"batch_hard-{margin_fn}-{distance}", lambda c=common: BatchHardLoss(max_class_size=K, **c)
         yield (
             f"batch_hard_swap-{margin_fn}-{distance}",

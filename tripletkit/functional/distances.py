@@ -15,8 +15,9 @@ of ``eps · norm²``. The paired forms use the direct difference and are exact t
 
 Identical rows are at distance exactly 0 in every matrix (not the ~5e-4 that the matrix form's rounding can leave
 between two equal one-hot rows in float32). Candidates are rows with equal 64-bit fingerprints of their bits, which
-are then compared exactly: O((N + M)·D) work when no two rows are equal (a static N×M mask under ``torch.compile``
-and XLA).
+are then compared exactly: O((N + M)·D) work when no two rows are equal (a static N×M mask under ``torch.compile``;
+on XLA, where float bits cannot be read as integers on the device, equal projections on two random directions
+together with a value inside the matrix form's rounding bound).
 """
 
 from __future__ import annotations
@@ -101,13 +102,49 @@ def _fingerprint(x: Tensor) -> Tensor:
     return (ints * _MULTIPLIERS[key]).sum(1)
 
 
-def _zero_identical(d: Tensor, x: Tensor, y: Tensor | None, usable: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def _float_fingerprint(x: Tensor) -> Tensor:
+    """(N, 2) projections of the rows on two fixed random directions. For XLA, where reinterpreting float bits as
+    integers runs on the host: a row-wise reduction applies one order of operations to every row, so equal rows
+    give equal projections; distinct rows that project equally must also pass the rounding bound on ``d``."""
+    d = x.shape[1]
+    key = (d, f"float-{x.device}-{x.dtype}")
+    if key not in _MULTIPLIERS:
+        g = torch.Generator().manual_seed(_FINGERPRINT_SEED)
+        _MULTIPLIERS[key] = torch.rand((d, 2), generator=g, dtype=torch.float64).add_(0.5).to(x.device, x.dtype)
+    return x.detach() @ _MULTIPLIERS[key]
+
+
+def _zero_identical(
+    d: Tensor,
+    x: Tensor,
+    y: Tensor | None,
+    usable: tuple[Tensor, Tensor] | None = None,
+    bound: Tensor | float | None = None,
+) -> Tensor:
     """Entries of ``d`` whose two rows are equal become exactly 0 (in place unless ``d`` needs its graph).
 
     Eager: rows with equal fingerprints are found by sorting N + M integers, and only those pairs are compared
     exactly, so a batch without duplicates costs O((N + M)·D) and never another pass over ``d``. Traced
     (``torch.compile``, XLA): a static N×M mask from the fingerprints. ``usable``: (N,) and (M,) masks of rows that
     may be set to 0 at all (the cosine distance keeps its zero vectors at distance 1)."""
+    if d.device.type == "xla":
+        px = _float_fingerprint(x)
+        py = px if y is None else _float_fingerprint(y)
+        same = (px[:, None, 0] == py[None, :, 0]) & (px[:, None, 1] == py[None, :, 1])
+        if bound is not None:
+            same = same & (d <= bound)
+        if usable is not None:
+            same = same & usable[0][:, None] & usable[1][None, :]
+        return d.masked_fill(same, 0.0)
+    if d.device.type == "xla":
+        px = _float_fingerprint(x)
+        py = px if y is None else _float_fingerprint(y)
+        same = (px[:, None, 0] == py[None, :, 0]) & (px[:, None, 1] == py[None, :, 1])
+        if bound is not None:
+            same = same & (d <= bound)
+        if usable is not None:
+            same = same & usable[0][:, None] & usable[1][None, :]
+        return d.masked_fill(same, 0.0)
     fx = _fingerprint(x)
     fy = fx if y is None else _fingerprint(y)
     if _static(d):
@@ -157,7 +194,10 @@ def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
         d2 = torch.addmm(sx + sy.T, xc, yc.T, alpha=-2.0).clamp_min(0.0)
     if y is None:
         d2 = _zero_diagonal(d2)
-    return _zero_identical(d2, x, y)
+    bound = None
+    if d2.device.type == "xla":  # the float fingerprints' second condition: within the matrix form's rounding
+        bound = (sx.detach().max() + sy.detach().max()) * (4.0 * (x.shape[1] + 2) * torch.finfo(d2.dtype).eps)
+    return _zero_identical(d2, x, y, bound=bound)
 
 
 def euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -180,7 +220,7 @@ def cosine_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
         d = _zero_diagonal(d)
     nx = torch.linalg.vector_norm(x.detach(), dim=-1) >= _COSINE_EPS
     ny = nx if y is None else torch.linalg.vector_norm(y.detach(), dim=-1) >= _COSINE_EPS
-    return _zero_identical(d, x, y, (nx, ny))
+    return _zero_identical(d, x, y, (nx, ny), bound=8.0 * (x.shape[1] + 2) * torch.finfo(d.dtype).eps)
 
 
 def _pull_back(x: Tensor, weights: Tensor) -> Tensor:

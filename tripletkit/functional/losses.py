@@ -100,7 +100,7 @@ def batch_hard_triplet_loss(
     ``swap`` is not defined there.
 
     Mining runs without gradient on an O(N²) ranking matrix; the loss then recomputes the 2N chosen distances from
-    the embeddings, which is what the max/min's gradient touches anyway. ``swap`` is HardNet's anchor swap: the
+    the embeddings, which is what the max/min's gradient touches anyway. ``swap`` is the anchor swap on batch-hard mining (not HardNet's cross-distance loss, see ``hardnet_loss``): the
     negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
     ``max_class_size``: the largest class in the batch (``K`` for S×K batches), see [`mine_batch_hard()`][tripletkit.functional.miners.mine_batch_hard].
     """

@@ -80,7 +80,7 @@ def batch_hard_triplets(
         labels: (N,) integer labels.
         row_offset: per-row constant that turns ``ranking`` into a monotone transform of the distance that is
             comparable across rows; needed only for ``swap``.
-        swap: HardNet's anchor swap: the negative is the nearest negative of the anchor or of its hardest positive,
+        swap: the anchor swap on batch-hard mining: the negative is the nearest negative of the anchor or of its hardest positive,
             whichever is nearer (``min(min_n d(a, n), min_n d(p, n))``).
 
     Ties are broken by the smallest index. Self-pairs are never chosen as positives, also when the anchor's only
@@ -100,7 +100,7 @@ def batch_hard_triplets(
 def _hardest(
     positive: Tensor, negative: Tensor, neg_val: Tensor, valid: Tensor, row_offset: Tensor | None, swap: bool
 ) -> Triplets:
-    """One triplet per anchor from its hardest positive and negative; with ``swap`` (HardNet's anchor swap) the
+    """One triplet per anchor from its hardest positive and negative; with ``swap`` (the anchor swap on batch-hard mining) the
     negative becomes the hardest positive's nearest negative where that one is nearer (``neg_val + row_offset``
     compares rows)."""
     anchor = torch.arange(positive.shape[0], device=positive.device)
@@ -242,7 +242,7 @@ def semihard_triplets_ref(
     n, m = dist.shape
     cm = ref_members(labels, ref_labels, self_index=self_index, max_class_size=max_class_size)
     neg = dist.masked_fill(labels[:, None] == ref_labels[None, :], float("inf"))
-    sorted_neg, order = neg.sort(1, stable=True)
+    sorted_neg, order = torch.sort(neg, dim=1, stable=True)
     num_neg = m - cm.class_size
     d_ap = dist.gather(1, cm.members)
     slot = torch.searchsorted(sorted_neg.contiguous(), d_ap.contiguous(), right=True)

@@ -46,6 +46,11 @@ class CrossBatchMemory(nn.Module):
         memory_size: rows in the queue; a batch may not be larger.
     """
 
+    embedding_memory: Tensor
+    label_memory: Tensor
+    queue_idx: Tensor
+    filled: Tensor
+
     def __init__(self, loss: Any, embedding_size: int, memory_size: int = 1024) -> None:
         super().__init__()
         if not callable(loss):

@@ -1,7 +1,7 @@
 """Brute-force float64 NumPy references, written from the papers' definitions, loop by loop.
 
 Nothing here imports tripletkit. Hermans et al. 2017 ("In Defense of the Triplet Loss"), eqs. 5 and 6; the soft
-margin of sec. 3.1; HardNet's anchor swap (Mishchuk et al. 2017); Balntas et al. 2016's swap for given triplets.
+margin of sec. 3.1; the anchor swap on batch-hard mining (p*'s own nearest negative); Balntas et al. 2016's swap for given triplets.
 """
 
 from __future__ import annotations
