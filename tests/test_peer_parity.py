@@ -353,3 +353,51 @@ def test_exact_zeros_property(seed, n, scale):
         d = BatchAllLoss(distance=dist).distance.matrix(x)
         assert (d[same] == 0).all()
         assert (d[~same] > 0).all()
+
+
+# ---------------------------------------------------------------- properties of the reference-set path
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 14), st.integers(1, 5))
+def test_ref_equal_to_the_batch_with_self_excluded_is_the_plain_loss(seed, n, classes):
+    # the batch as its own reference set, each anchor's own row excluded, is the in-batch loss (PML's default)
+    x, labels = _batch(seed, n=n, dim=3, classes=classes)
+    own = torch.arange(n)
+    for loss in (
+        BatchHardLoss(margin=0.2),
+        BatchAllLoss(margin=0.2),
+        BatchAllLoss(margin_fn="softplus", reduction="mean_active"),
+        BatchSemiHardLoss(margin=0.3),
+        TripletLoss(margin=0.2, miner="semihard"),
+    ):
+        plain = float(loss(x, labels))
+        via_ref = float(loss(x, labels, ref_embeddings=x, ref_labels=labels, ref_self_index=own))
+        assert via_ref == pytest.approx(plain, rel=1e-9, abs=1e-12), loss
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 12))
+def test_memory_of_one_batch_is_the_plain_loss(seed, n):
+    # a memory that holds exactly the current batch: mining against it is mining in the batch
+    x, labels = _batch(seed, n=n, dim=3, classes=3)
+    for loss in (BatchHardLoss(margin=0.2), BatchAllLoss(margin=0.2)):
+        xbm = CrossBatchMemory(loss, embedding_size=3, memory_size=n)
+        for _ in range(2):  # the second call overwrites the whole queue with the same batch
+            assert float(xbm(x, labels)) == pytest.approx(float(loss(x, labels)), rel=1e-9, abs=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 8), st.integers(1, 20))
+def test_random_ref_triplets_are_valid(seed, n, m):
+    from tripletkit.functional.miners import random_triplets_ref
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    ref_labels = torch.randint(0, 3, (m,), generator=g)
+    self_index = torch.randint(-1, m, (n,), generator=g)
+    t = random_triplets_ref(labels, ref_labels, self_index=self_index, generator=g)
+    for a in range(n):
+        has_pos = any(ref_labels[j] == labels[a] and j != self_index[a] for j in range(m))
+        has_neg = any(ref_labels[j] != labels[a] for j in range(m))
+        assert bool(t.valid[a]) == (has_pos and has_neg)
+        if t.valid[a]:
+            assert ref_labels[t.positive[a]] == labels[a] and t.positive[a] != self_index[a]
+            assert ref_labels[t.negative[a]] != labels[a]

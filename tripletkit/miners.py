@@ -92,7 +92,15 @@ class Miner:
         raise NotImplementedError
 
     def fused_loss(
-        self, embeddings: Tensor, labels: Tensor, *, distance: Distance, margin_fn: Any, reduction: str, swap: bool
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        *,
+        distance: Distance,
+        margin_fn: Any,
+        reduction: str,
+        swap: bool,
+        **ref: Any,
     ) -> Tensor | None:
         return None
 
