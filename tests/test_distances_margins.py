@@ -8,6 +8,7 @@ import torch
 from hypothesis import given
 
 from tripletkit import DISTANCES, MARGINS
+from tripletkit.functional.distances import _range_scale
 from tripletkit.testing import reference as ref
 
 from .strategies import batches
@@ -30,8 +31,14 @@ def test_matrix_and_paired_equal_reference(batch, kind):
     assert np.allclose(paired, [ref.distance(x[i], other[i], kind) for i in range(n)], rtol=1e-12, atol=1e-14)
     r, o = d.ranking(t)
     # off the diagonal (miners never rank an anchor against itself), the ranking plus its row offset is a
-    # monotone transform of the distance
-    transformed = want**2 if kind == "euclidean" else want
+    # monotone transform of the distance: s²·d² for the batch-wide range scale s (1 unless the squares would leave
+    # the dtype's range, as for a batch of 1e-283s)
+    if kind == "cosine":
+        transformed = want
+    else:
+        s = float(_range_scale(t))
+        scaled = np.array([[ref.distance(a * s, b * s, "sqeuclidean") for b in x] for a in x])
+        transformed = scaled
     off = ~np.eye(n, dtype=bool)
     assert np.allclose((r + o[:, None]).numpy()[off], transformed[off], rtol=1e-9, atol=1e-9)
 

@@ -130,3 +130,28 @@ def check_class_size(value: object) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"max_class_size must be a positive int or None, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_margin_dtype(margin: float, dtype: torch.dtype) -> None:
+    """A margin must be finite in the dtype the loss computes in (1e39 is finite in float64, not in float32)."""
+    if dtype.is_floating_point and abs(margin) > torch.finfo(dtype).max:
+        raise ValueError(f"margin {margin} is not finite in {dtype}, the dtype this loss computes in")
+
+
+def check_finite_result(value: Tensor, what: str = "the loss") -> Tensor:
+    """Finite inputs give a finite result or a ValueError, never a silent inf/NaN (one host sync; skipped when
+    traced)."""
+    if not _static(value) and not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(
+            f"{what} is not finite for finite inputs: a distance or margin exceeds the range of {value.dtype} "
+            "(compute in float64, or scale the embeddings down)"
+        )
+    return value
+
+
+def check_loss_inputs(
+    embeddings: object, labels: object, *, min_rows: int = 2, values: bool = True
+) -> tuple[Tensor, Tensor]:
+    """The functional losses' input check (the modules' check): (N, D) floating embeddings, (N,) integer labels."""
+    x = check_embeddings(embeddings, min_rows=min_rows, values=values)
+    return x, check_labels(labels, x.shape[0], device=x.device)

@@ -213,6 +213,7 @@ class BatchHardMiner(Miner):
             reduction=reduction,
             swap=swap or self.swap,
             max_class_size=None if ref else self.max_class_size,
+            validate=False,  # the loss that asks has validated its inputs
             **ref,
         )
 
@@ -347,6 +348,7 @@ class BatchAllMiner(Miner):
             margin_fn=margin_fn,
             reduction=reduction,
             max_class_size=None if ref else self.max_class_size,
+            validate=False,  # the loss that asks has validated its inputs
             **ref,
         )
         assert isinstance(loss, Tensor)  # without return_stats the loss alone

@@ -118,9 +118,11 @@ class SteppedBatchScheduler:
         self.patience = patience
         self.smoothing = float(smoothing)
         self.guard = bool(guard)
-        self.guard_patience = patience if guard_patience is None else int(guard_patience)
-        if self.guard_patience < 1:
+        if guard_patience is not None and (
+            isinstance(guard_patience, bool) or not isinstance(guard_patience, int) or guard_patience < 1
+        ):  # no silent int(): 2.7 is an error, not 2
             raise ValueError(f"guard_patience must be a positive int, got {guard_patience!r}")
+        self.guard_patience = patience if guard_patience is None else guard_patience
         self.callbacks = list(on_change)
         self.stage = 0
         self.steps = 0

@@ -55,11 +55,35 @@ def safe_sqrt(x: Tensor) -> Tensor:
 _COSINE_EPS = 1e-12
 
 
+# Rows are computed at a scale where squares neither overflow nor underflow: |x| within 2^±40 in float32 (2^±400 in
+# float64) is left as it is (the results are bit for bit those of the plain formulas); a batch outside is divided by
+# its largest magnitude first and the distance scaled back, so finite inputs give correct finite distances (or inf,
+# only where the distance itself is beyond the dtype).
+_SAFE_EXPONENT = {torch.float64: 400}
+
+
+def _range_scale(*tensors: Tensor) -> Tensor:
+    """A detached scalar ``s`` with ``s · max|t|`` inside the safe range; exactly 1 when it already is."""
+    ref = tensors[0]
+    e = _SAFE_EXPONENT.get(ref.dtype, 40)
+    # max(), not amax(): torch-xla reads amax's empty dim list as "reduce nothing"
+    amax = torch.stack([t.detach().abs().max() for t in tensors]).max()
+    normal = ((amax <= 2.0**e) & (amax >= 2.0**-e)) | (amax == 0)
+    return torch.where(normal, torch.ones_like(amax), 1.0 / amax.clamp_min(torch.finfo(ref.dtype).tiny))
+
+
 def _unit(x: Tensor) -> Tensor:
     # Unlike F.normalize (x / max(||x||, eps)), vectors under eps become exactly 0 instead of a scaled-up stub,
-    # so the cosine distance is scale-invariant down to eps and well defined below it.
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return torch.where(norm >= _COSINE_EPS, x / norm.clamp_min(_COSINE_EPS), torch.zeros_like(x))
+    # so the cosine distance is scale-invariant down to eps and well defined below it. Rows outside the safe range
+    # are divided by their largest entry first (the direction is unchanged; the norm would overflow or underflow).
+    e = _SAFE_EXPONENT.get(x.dtype, 40)
+    amax = x.detach().abs().amax(-1, keepdim=True)
+    outside = (amax > 2.0**e) | ((amax < 2.0**-e) & (amax > 0))
+    scale = torch.where(outside, amax, torch.ones_like(amax))
+    xs = x / scale
+    norm_s = torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
+    norm = norm_s * scale
+    return torch.where(norm >= _COSINE_EPS, xs / norm_s.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
 
 
 def _shift(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -178,9 +202,12 @@ def _needs_graph(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
-    """(N, M) matrix of squared Euclidean distances; ``y=None`` means ``y = x`` (then the diagonal is exactly 0)."""
-    xc, yc = _shift(x, y)
+def _squared_euclidean_scaled(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(s²·D², s)``: the squared distances of the rows scaled by ``s = _range_scale(...)``."""
+    s = _range_scale(x) if y is None else _range_scale(x, y)
+    xs = x * s
+    ys = None if y is None else y * s
+    xc, yc = _shift(xs, ys)
     sx = (xc * xc).sum(1, keepdim=True)
     sy = sx if y is None else (yc * yc).sum(1, keepdim=True)
     if not _needs_graph(xc, yc):
@@ -197,15 +224,23 @@ def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     bound = None
     if d2.device.type == "xla":  # the float fingerprints' second condition: within the matrix form's rounding
         bound = (sx.detach().max() + sy.detach().max()) * (4.0 * (x.shape[1] + 2) * torch.finfo(d2.dtype).eps)
-    return _zero_identical(d2, x, y, bound=bound)
+    return _zero_identical(d2, x, y, bound=bound), s
+
+
+def squared_euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """(N, M) matrix of squared Euclidean distances; ``y=None`` means ``y = x`` (then the diagonal is exactly 0)."""
+    d2, s = _squared_euclidean_scaled(x, y)
+    if d2.requires_grad:
+        return d2 / s / s
+    return d2.div_(s).div_(s)
 
 
 def euclidean_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     """(N, M) matrix of Euclidean distances with a finite (zero) gradient where two points coincide."""
-    d2 = squared_euclidean_matrix(x, y)
+    d2, s = _squared_euclidean_scaled(x, y)
     if not d2.requires_grad:
-        return d2.sqrt_()
-    return safe_sqrt(d2)
+        return d2.sqrt_().div_(s)
+    return safe_sqrt(d2) / s
 
 
 def cosine_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -231,14 +266,16 @@ def _pull_back(x: Tensor, weights: Tensor) -> Tensor:
 
 def squared_euclidean_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
     """Gradient with respect to ``x`` of ``Σ grad ⊙ squared_euclidean_matrix(x)``, without an autograd graph."""
-    return _pull_back(x, grad + grad.T).mul_(2.0)
+    s = _range_scale(x)
+    return _pull_back(x * s, grad + grad.T).mul_(2.0).div_(s)
 
 
 def euclidean_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
     """Same for ``euclidean_matrix`` (``dist`` is its value); 0 where two points coincide, like ``safe_sqrt``."""
     w = grad + grad.T
     w.div_(dist).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return _pull_back(x, w)
+    s = _range_scale(x)
+    return _pull_back(x * s, w).div_(s)
 
 
 def cosine_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
@@ -250,15 +287,22 @@ def cosine_matrix_vjp(x: Tensor, dist: Tensor, grad: Tensor) -> Tensor:
     return gx
 
 
+def _squared_paired_scaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    s = _range_scale(x, y)
+    diff = x * s - y * s
+    return (diff * diff).sum(-1), s
+
+
 def squared_euclidean_paired(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise ``||x_i - y_i||²`` for (N, D) inputs, computed from the difference (exact near zero)."""
-    diff = x - y
-    return (diff * diff).sum(-1)
+    d2, s = _squared_paired_scaled(x, y)
+    return d2 / s / s
 
 
 def euclidean_paired(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise ``||x_i - y_i||`` with gradient 0 where ``x_i == y_i``."""
-    return safe_sqrt(squared_euclidean_paired(x, y))
+    d2, s = _squared_paired_scaled(x, y)
+    return safe_sqrt(d2) / s
 
 
 def cosine_paired(x: Tensor, y: Tensor) -> Tensor:
@@ -267,12 +311,14 @@ def cosine_paired(x: Tensor, y: Tensor) -> Tensor:
 
 
 def squared_euclidean_ranking(x: Tensor) -> tuple[Tensor, Tensor]:
-    """A cheap matrix ``R`` and row offsets ``o`` with ``R[i, j] + o[i] = ||x_i - x_j||²`` (approximately).
+    """A cheap matrix ``R`` and row offsets ``o`` with ``R[i, j] + o[i] = s²·||x_i - x_j||²`` (approximately), where
+    ``s`` is 1 unless the batch's squares would leave the dtype's range (then a batch-wide power of scale).
 
     Within a row, ``R`` orders the candidates exactly as the distance does, so miners can take arg-max/arg-min on
     it and skip the row-constant term, the clamp and the square root. Not differentiable (call under no_grad).
+    Computed at the safe scale (the order, within and across rows, is that of the distance).
     """
-    xc, _ = _shift(x, None)
+    xc, _ = _shift(x * _range_scale(x), None)
     sq = (xc * xc).sum(1)
     ranking = torch.addmm(sq[None, :].expand(x.shape[0], -1), xc, xc.T, alpha=-2.0)
     return ranking, sq
@@ -280,8 +326,9 @@ def squared_euclidean_ranking(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def squared_euclidean_ranking_factors(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(L, R, o) with ``(L @ R.T)[i, j] + o[i] = ||x_i - x_j||²``: ``L = [x̃, 1]``, ``R = [-2x̃, ||x̃||²]`` for the
-    mean-centred ``x̃``. Folding the column term into the GEMM saves a pass over the N×N result."""
-    xc, _ = _shift(x, None)
+    mean-centred ``x̃``. Folding the column term into the GEMM saves a pass over the N×N result. Computed at the
+    safe scale, like ``squared_euclidean_ranking``."""
+    xc, _ = _shift(x * _range_scale(x), None)
     sq = (xc * xc).sum(1, keepdim=True)
     left = torch.cat([xc, torch.ones_like(sq)], 1)
     right = torch.cat([xc * -2.0, sq], 1)

@@ -11,6 +11,10 @@ Notation: ``d`` is the chosen distance (plain Euclidean by default, never square
   the number of valid triplets (``mean``) or of triplets with positive loss (``mean_active``).
 
 Half-precision embeddings are computed in float32; the result is float32 (float64 for float64 input).
+
+Every function validates its inputs like the modules (``validate=True``: shapes, dtypes, lengths, finite values, the
+margin in the computation's dtype, index ranges, and a finite result; the value checks read from the device, so
+``validate=False`` turns them off for compiled and XLA code, as in the modules).
 """
 
 from __future__ import annotations
@@ -18,8 +22,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import compute_dtype, outside_autocast
-from .distances import squared_euclidean_matrix
+from .._validation import (
+    check_embeddings,
+    check_finite_result,
+    check_labels,
+    check_loss_inputs,
+    check_margin_dtype,
+    compute_dtype,
+    outside_autocast,
+)
+from .distances import _range_scale, _squared_euclidean_scaled
 from .miners import (
     Triplets,
     class_members,
@@ -44,6 +56,31 @@ __all__ = [
 ]
 
 
+def _check(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin_fn: MarginLike,
+    ref: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    ref_self_index: Tensor | None = None,
+    min_rows: int = 2,
+) -> Tensor:
+    embeddings, labels = check_loss_inputs(embeddings, labels, min_rows=1 if ref is not None else min_rows)
+    check_margin_dtype(margin_fn.margin, compute_dtype(embeddings).dtype)
+    if ref is not None:
+        check_embeddings(ref, name="ref", min_rows=1)
+        if ref.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"ref has {ref.shape[1]} dimensions but the embeddings have {embeddings.shape[1]}")
+        if ref_labels is None:
+            raise ValueError("ref_labels are required with ref")
+        check_labels(ref_labels, ref.shape[0], name="ref_labels", of="ref")
+        if ref_self_index is not None:
+            check_labels(ref_self_index, embeddings.shape[0], name="ref_self_index")
+            if ref_self_index.numel() and (int(ref_self_index.min()) < -1 or int(ref_self_index.max()) >= len(ref)):
+                raise ValueError(f"ref_self_index must lie in [-1, {len(ref)})")
+    return labels
+
+
 @outside_autocast
 def triplet_margin_loss(
     embeddings: Tensor,
@@ -54,6 +91,7 @@ def triplet_margin_loss(
     reduction: str = "mean",
     swap: bool = False,
     ref: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Loss of explicit index triplets into ``embeddings``; rows with ``valid = False`` are left out.
 
@@ -65,6 +103,29 @@ def triplet_margin_loss(
     Distances are recomputed from the row differences, so they are exact near zero and the backward pass costs
     O(T·D), whatever produced the indices.
     """
+    if validate:
+        check_embeddings(embeddings, min_rows=1)
+        check_margin_dtype(margin_fn.margin, compute_dtype(embeddings).dtype)
+        if ref is not None:
+            check_embeddings(ref, name="ref", min_rows=1)
+        sizes = {"anchor": embeddings.shape[0]}
+        other = embeddings.shape[0] if ref is None else ref.shape[0]
+        for name, idx in (
+            ("anchor", triplets.anchor),
+            ("positive", triplets.positive),
+            ("negative", triplets.negative),
+        ):
+            if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
+                raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
+            if idx.shape != triplets.anchor.shape:
+                raise ValueError(
+                    f"triplet index tensors differ in length: anchor {tuple(triplets.anchor.shape)}, {name} {tuple(idx.shape)}"
+                )
+            bound = sizes.get(name, other)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+                raise ValueError(f"triplet {name} indices must lie in [0, {bound})")
+        if triplets.valid.shape != triplets.anchor.shape or triplets.valid.dtype != torch.bool:
+            raise ValueError("triplets.valid must be a bool tensor as long as the triplets")
     x = compute_dtype(embeddings)
     r = x if ref is None else compute_dtype(ref)
     xa = x.index_select(0, triplets.anchor)
@@ -76,7 +137,8 @@ def triplet_margin_loss(
         d_an = torch.where(triplets.swap, distance.paired(xp, xn), d_an)
     elif swap:
         d_an = torch.minimum(d_an, distance.paired(xp, xn))
-    return reduce_losses(margin_fn(d_ap - d_an), triplets.valid, reduction)
+    loss = reduce_losses(margin_fn(d_ap - d_an), triplets.valid, reduction)
+    return check_finite_result(loss) if validate else loss
 
 
 @outside_autocast
@@ -92,6 +154,7 @@ def batch_hard_triplet_loss(
     ref: Tensor | None = None,
     ref_labels: Tensor | None = None,
     ref_self_index: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017), one term per anchor with a positive and a negative.
 
@@ -104,6 +167,8 @@ def batch_hard_triplet_loss(
     negative distance is ``min(min_n d(a, n), min_n d(p*, n))`` for the hardest positive ``p*``.
     ``max_class_size``: the largest class in the batch (``K`` for S×K batches), see [`mine_batch_hard()`][tripletkit.functional.miners.mine_batch_hard].
     """
+    if validate:
+        labels = _check(embeddings, labels, margin_fn, ref, ref_labels, ref_self_index)
     x = compute_dtype(embeddings)
     if ref is not None:
         if ref_labels is None:
@@ -114,9 +179,15 @@ def batch_hard_triplet_loss(
         mined = mine_batch_hard_ref(
             x.detach(), labels, r.detach(), ref_labels, distance=distance, self_index=ref_self_index
         )
-        return triplet_margin_loss(x, mined, distance=distance, margin_fn=margin_fn, reduction=reduction, ref=r)
-    triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap, max_class_size=max_class_size)
-    return triplet_margin_loss(x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction)
+        loss = triplet_margin_loss(
+            x, mined, distance=distance, margin_fn=margin_fn, reduction=reduction, ref=r, validate=False
+        )
+    else:
+        triplets = mine_batch_hard(x.detach(), labels, distance=distance, swap=swap, max_class_size=max_class_size)
+        loss = triplet_margin_loss(
+            x, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, validate=False
+        )
+    return check_finite_result(loss) if validate else loss
 
 
 @outside_autocast
@@ -129,11 +200,14 @@ def random_triplet_loss(
     reduction: str = "mean",
     swap: bool = False,
     generator: torch.Generator | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """One uniformly random valid triplet per anchor (the random-triplet baseline)."""
+    if validate:
+        labels = _check(embeddings, labels, margin_fn)
     triplets = random_triplets(labels, generator=generator)
     return triplet_margin_loss(
-        embeddings, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap
+        embeddings, triplets, distance=distance, margin_fn=margin_fn, reduction=reduction, swap=swap, validate=validate
     )
 
 
@@ -232,6 +306,7 @@ def batch_all_triplet_loss(
     ref: Tensor | None = None,
     ref_labels: Tensor | None = None,
     ref_self_index: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor | tuple[Tensor, BatchAllStats]:
     """Batch-all triplet loss over every valid (a, p, n), in O(N²) memory.
 
@@ -251,6 +326,8 @@ def batch_all_triplet_loss(
     """
     if reduction not in ("mean", "mean_active", "sum"):
         raise ValueError(f"batch-all reduction must be 'mean', 'mean_active' or 'sum', got {reduction!r}")
+    if validate:
+        labels = _check(embeddings, labels, margin_fn, ref, ref_labels, ref_self_index)
     x = compute_dtype(embeddings)
     r = None if ref is None else compute_dtype(ref)
     own = None
@@ -275,6 +352,8 @@ def batch_all_triplet_loss(
         loss = total / num_triplets.clamp_min(1).to(total.dtype)
     else:
         loss = total / active.clamp_min(1).to(total.dtype)
+    if validate:
+        check_finite_result(loss)
     if return_stats:
         return loss, BatchAllStats(num_triplets=num_triplets, num_active=active)
     return loss
@@ -292,6 +371,7 @@ def batch_semihard_triplet_loss(
     ref: Tensor | None = None,
     ref_labels: Tensor | None = None,
     ref_self_index: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """FaceNet's in-batch semi-hard loss as TensorFlow Addons defines it (``triplet_semihard_loss``).
 
@@ -301,6 +381,12 @@ def batch_semihard_triplet_loss(
     [`semihard_triplets()`][tripletkit.functional.miners.semihard_triplets]). The mining sees no gradient; the loss
     recomputes the chosen distances from the rows (exact near zero).
     """
+    if reduction == "none":
+        raise ValueError(
+            "reduction='none' is not available for the semi-hard loss (one value per anchor-positive pair)"
+        )
+    if validate:
+        labels = _check(embeddings, labels, margin_fn, ref, ref_labels, ref_self_index)
     x = compute_dtype(embeddings)
     with torch.no_grad():
         if ref is None:
@@ -317,13 +403,17 @@ def batch_semihard_triplet_loss(
                 self_index=ref_self_index,
                 max_class_size=max_class_size,
             )
-    return triplet_margin_loss(x, mined, distance=distance, margin_fn=margin_fn, reduction=reduction, ref=r)
+    loss = triplet_margin_loss(
+        x, mined, distance=distance, margin_fn=margin_fn, reduction=reduction, ref=r, validate=False
+    )
+    return check_finite_result(loss) if validate else loss
 
 
-def _hardnet_distance(x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """``sqrt(||x − y||² + eps)`` row by row, from the differences (HardNet's distance, exact near zero)."""
-    diff = x - y
-    return torch.sqrt((diff * diff).sum(-1) + eps)
+def _hardnet_distance(x: Tensor, y: Tensor, eps: float, s: Tensor) -> Tensor:
+    """``sqrt(||x − y||² + eps)`` row by row, from the differences (HardNet's distance, exact near zero), computed at
+    the scale ``s`` where squares neither overflow nor underflow."""
+    diff = x * s - y * s
+    return torch.sqrt((diff * diff).sum(-1) + eps * s * s) / s
 
 
 @outside_autocast
@@ -337,6 +427,7 @@ def hardnet_loss(
     duplicate_threshold: float = 0.008,
     exclusion_penalty: float = 10.0,
     reduction: str = "mean",
+    validate: bool = True,
 ) -> Tensor:
     """HardNet's loss (Mishchuk et al. 2017; ``loss_HardNet(..., batch_reduce="min", loss_type="triplet_margin")``).
 
@@ -354,12 +445,22 @@ def hardnet_loss(
     Mining runs without gradient on the (N, N) matrix (one GEMM); the chosen distances are recomputed from the rows.
     HardNet adds 1e-8 to every distance after the root; it cancels in ``D_ii − min_neg`` and is left out.
     """
+    if validate:
+        check_embeddings(anchors, name="anchors", min_rows=1)
+        check_embeddings(positives, name="positives", min_rows=1)
+        if anchors.shape != positives.shape:
+            raise ValueError(
+                f"anchors and positives must have the same shape, got {tuple(anchors.shape)} and "
+                f"{tuple(positives.shape)}"
+            )
+        check_margin_dtype(margin_fn.margin, compute_dtype(anchors).dtype)
     a = compute_dtype(anchors)
     p = compute_dtype(positives)
     n = a.shape[0]
     idx = torch.arange(n, device=a.device)
     with torch.no_grad():
-        cand = squared_euclidean_matrix(a.detach(), p.detach()).add_(eps).sqrt_()
+        d2s, scale = _squared_euclidean_scaled(a.detach(), p.detach())
+        cand = d2s.add_(eps * scale * scale).sqrt_().div_(scale)
         penalty = (cand < duplicate_threshold) | (idx[:, None] == idx[None, :])
         cand = torch.where(penalty, cand + exclusion_penalty, cand)
         row_val, row_idx = cand.min(1)  # nearest other positive p_j of anchor a_i
@@ -371,6 +472,8 @@ def hardnet_loss(
             neg_p = torch.where(use_col, idx, row_idx)
         zero = torch.zeros((), dtype=a.dtype, device=a.device)
         pen = torch.where(penalty[neg_a, neg_p], torch.full_like(zero, exclusion_penalty), zero)
-    pos = _hardnet_distance(a, p, eps)
-    neg = _hardnet_distance(a.index_select(0, neg_a), p.index_select(0, neg_p), eps) + pen
-    return reduce_losses(margin_fn(pos - neg), torch.ones(n, dtype=torch.bool, device=a.device), reduction)
+    s = _range_scale(a, p)
+    pos = _hardnet_distance(a, p, eps, s)
+    neg = _hardnet_distance(a.index_select(0, neg_a), p.index_select(0, neg_p), eps, s) + pen
+    loss = reduce_losses(margin_fn(pos - neg), torch.ones(n, dtype=torch.bool, device=a.device), reduction)
+    return check_finite_result(loss) if validate else loss

@@ -521,6 +521,9 @@ def mine_offline(
     device = bank.device
     if anchors is None:
         anchors = torch.arange(m, device=device)
+    if not isinstance(anchors, Tensor) or anchors.dtype not in (torch.int32, torch.int64, torch.int16, torch.uint8):
+        # a float index would be truncated silently (3.7 → 3)
+        raise TypeError(f"anchors must be an integer index tensor, got {getattr(anchors, 'dtype', type(anchors))}")
     anchors = anchors.to(device=device, dtype=torch.long)
     if anchors.dim() != 1:
         raise ValueError(f"anchors must be 1-D indices, got shape {tuple(anchors.shape)}")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_embeddings, check_labels, check_margin
+from .._validation import (
+    check_choice,
+    check_embeddings,
+    check_finite_result,
+    check_labels,
+    check_margin,
+    check_margin_dtype,
+    compute_dtype,
+)
 from ..distances import DISTANCES, Distance
 from ..distributed import gather_with_grad, is_distributed, scale_for_ddp
 from ..margins import MARGINS, MarginFunction
@@ -53,6 +61,7 @@ class TripletLossBase(nn.Module):
         if min_rows is None:
             min_rows = 1 if self.gather_distributed else 2
         check_embeddings(embeddings, min_rows=min_rows, values=self.validate)
+        check_margin_dtype(self.margin_fn.margin, compute_dtype(embeddings).dtype)
         return check_labels(labels, embeddings.shape[0], device=embeddings.device)
 
     def _check_ref(
@@ -103,6 +112,8 @@ class TripletLossBase(nn.Module):
         return embeddings, labels
 
     def _finish(self, loss: Tensor) -> Tensor:
+        if self.validate:  # finite inputs: a finite loss or a ValueError, never a silent inf/NaN
+            check_finite_result(loss)
         return scale_for_ddp(loss) if self.gather_distributed else loss
 
     def extra_repr(self) -> str:

@@ -104,6 +104,7 @@ class BatchAllLoss(TripletLossBase):
             max_class_size=self.max_class_size,
             block_elements=self.block_elements,
             return_stats=return_stats,
+            validate=False,
             **ref,
         )
         if isinstance(out, tuple):

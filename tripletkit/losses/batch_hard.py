@@ -103,8 +103,16 @@ class BatchHardLoss(TripletLossBase):
                 raise ValueError("swap is not defined against a reference set")
             labels = self._check_inputs(embeddings, labels, min_rows=1)
             ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
-            return batch_hard_triplet_loss(
-                embeddings, labels, distance=self.distance, margin_fn=self.margin_fn, reduction=self.reduction, **ref
+            return self._finish(
+                batch_hard_triplet_loss(
+                    embeddings,
+                    labels,
+                    distance=self.distance,
+                    margin_fn=self.margin_fn,
+                    reduction=self.reduction,
+                    validate=False,
+                    **ref,
+                )
             )
         self._check_ref(embeddings, None, ref_labels, ref_self_index)
         labels = self._check_inputs(embeddings, labels)
@@ -118,6 +126,7 @@ class BatchHardLoss(TripletLossBase):
                 reduction=self.reduction,
                 swap=self.swap,
                 max_class_size=self.max_class_size,
+                validate=False,
             )
         )
 

@@ -86,14 +86,17 @@ class BatchSemiHardLoss(TripletLossBase):
             self._check_ref(embeddings, None, ref_labels, ref_self_index)
             labels = self._check_inputs(embeddings, labels)
             ref = {}
-        return batch_semihard_triplet_loss(
-            embeddings,
-            labels,
-            distance=self.distance,
-            margin_fn=self.margin_fn,
-            reduction=self.reduction,
-            max_class_size=None if ref else self.max_class_size,
-            **ref,
+        return self._finish(
+            batch_semihard_triplet_loss(
+                embeddings,
+                labels,
+                distance=self.distance,
+                margin_fn=self.margin_fn,
+                reduction=self.reduction,
+                max_class_size=None if ref else self.max_class_size,
+                validate=False,
+                **ref,
+            )
         )
 
     def extra_repr(self) -> str:

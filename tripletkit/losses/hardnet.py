@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from .._validation import check_embeddings, check_margin
+from .._validation import check_embeddings, check_margin, check_margin_dtype, compute_dtype
 from ..functional.losses import hardnet_loss
 from ..margins import MarginFunction
 from .base import TripletLossBase
@@ -93,15 +93,19 @@ class HardNetLoss(TripletLossBase):
                 f"anchors and positives must have the same shape, got {tuple(anchors.shape)} and "
                 f"{tuple(positives.shape)}"
             )
-        return hardnet_loss(
-            anchors,
-            positives.to(anchors.device),
-            margin_fn=self.margin_fn,
-            anchor_swap=self.anchor_swap,
-            eps=self.eps,
-            duplicate_threshold=self.duplicate_threshold,
-            exclusion_penalty=self.exclusion_penalty,
-            reduction=self.reduction,
+        check_margin_dtype(self.margin_fn.margin, compute_dtype(anchors).dtype)
+        return self._finish(
+            hardnet_loss(
+                anchors,
+                positives.to(anchors.device),
+                margin_fn=self.margin_fn,
+                anchor_swap=self.anchor_swap,
+                eps=self.eps,
+                duplicate_threshold=self.duplicate_threshold,
+                exclusion_penalty=self.exclusion_penalty,
+                reduction=self.reduction,
+                validate=False,
+            )
         )
 
     def extra_repr(self) -> str:

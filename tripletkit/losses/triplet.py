@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_embeddings
+from .._validation import check_embeddings, check_finite_result, check_margin_dtype, compute_dtype
 from ..distances import Distance
 from ..functional.losses import triplet_margin_loss
 from ..functional.miners import Triplets
@@ -121,6 +121,7 @@ class TripletLoss(TripletLossBase):
                 reduction=self.reduction,
                 swap=self.swap,
                 ref=ref.get("ref"),
+                validate=False,
             )
         return self._finish(loss)
 
@@ -152,11 +153,15 @@ class TripletLoss(TripletLossBase):
         if labels is not None:
             labels = self._check_inputs(embeddings, labels)
             valid = valid & (labels[a] == labels[p]) & (a != p) & (labels[a] != labels[neg])
-        return triplet_margin_loss(
+        check_margin_dtype(self.margin_fn.margin, compute_dtype(embeddings).dtype)
+        # given triplets index the local batch: never gathered, never scaled for DDP
+        loss = triplet_margin_loss(
             embeddings,
             Triplets(a, p, neg, valid.to(dev), swap_rows),
             distance=self.distance,
             margin_fn=self.margin_fn,
             reduction=self.reduction,
             swap=self.swap,
+            validate=False,
         )
+        return check_finite_result(loss) if self.validate else loss
