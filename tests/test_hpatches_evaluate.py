@@ -201,3 +201,84 @@ def test_generate_missing_never_overwrites_a_malformed_file(tasks_dir):
     with pytest.raises(ValueError, match="verif_neg_inter_split-x.csv: header"):
         evaluate(make_descriptors(), tasks_dir, "x", tasks=("verification",), generate_missing=True)
     assert (tasks_dir / "verif_neg_inter_split-x.csv").read_text() == "not,the,right,header\n"
+
+
+# ------------------------------------------------------------------ untrusted task files (every error names the file
+# and the line)
+
+
+def _edit(path: Path, line: int, text: str) -> None:
+    rows = path.read_text().splitlines()
+    rows[line - 1] = text
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(
+    "file,line,text,message",
+    [
+        ("retr_queries_split-x.csv", 3, "i_alpha,-1", "line 3: column 'idx' is '-1', not a non-negative integer"),
+        ("retr_queries_split-x.csv", 2, "i_alpha,3.7", "line 2: column 'idx' is '3.7', not a non-negative integer"),
+        ("retr_distractors_split-x.csv", 4, "i_alpha", "line 4: column 'idx' is '', not a non-negative integer"),
+        (
+            "retr_queries_split-x.csv",
+            2,
+            "i_alpha,24",
+            r"line 2: patch index 24 out of range for i_alpha \(24 patches\)",
+        ),
+        ("retr_queries_split-x.csv", 2, "../etc,1", "line 2: column 's' is '../etc', not a valid sequence name"),
+        ("verif_pos_split-x.csv", 5, "i_alpha,0,1,i_alpha", "line 5: column 't2' is '', not a non-negative integer"),
+        ("verif_neg_inter_split-x.csv", 3, "i_alpha,0,1,i_beta,7,2", "line 3: image id t2=7 is not in 0..5"),
+        ("verif_neg_intra_split-x.csv", 2, "i_alpha,0,99,i_alpha,1,2", "line 2: patch index 99 out of range"),
+    ],
+    ids=["negative", "float", "truncated", "out-of-range", "traversal", "verif-truncated", "image-id", "verif-range"],
+)
+def test_bad_task_rows_name_the_file_and_line(tasks_dir, file, line, text, message):
+    _edit(tasks_dir / file, line, text)
+    with pytest.raises(ValueError, match=message) as info:
+        evaluate(make_descriptors(), tasks_dir, "x", progress=False)
+    assert file in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"x": {"test": ["../../etc"]}}', "'../../etc' is not a valid sequence name"),
+        ('{"x": {"test": ["/abs"]}}', "'/abs' is not a valid sequence name"),
+        ('{"x": {"test": "i_alpha"}}', "'test' must be a list"),
+        ('{"x": ["i_alpha"]}', "split 'x' must be an object"),
+        ("[1, 2]", "expected an object of splits"),
+        ("{not json", "not readable JSON"),
+    ],
+)
+def test_malformed_splits_json_is_named(tasks_dir, content, message):
+    (tasks_dir / "splits.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_splits(tasks_dir)
+    assert "splits.json" in str(info.value)
+
+
+def test_binary_and_out_of_range_descriptor_files_are_named(tmp_path):
+    write_descriptor_dir(make_descriptors(), tmp_path)
+    bad = tmp_path / "v_gamma" / "h3.csv"
+    bad.write_bytes(b"\xff\xfe\x00garbage\x80\n")
+    with pytest.raises(DescriptorFileError, match="not a text file") as info:
+        read_descriptor_dir(tmp_path)
+    assert str(bad) in str(info.value)
+    bad.write_text("1,2,3,4,5,6\n" * 3 + "1,2,3,4,5,1e39\n" + "1,2,3,4,5,6\n" * 20)
+    with pytest.raises(DescriptorFileError, match="row 4 holds a value beyond float32") as info:
+        read_descriptor_dir(tmp_path)
+    assert str(bad) in str(info.value)
+    with pytest.raises(DescriptorFileError, match="not a valid sequence name"):
+        read_descriptor_dir(tmp_path, sequences=["../v_gamma"])
+
+
+def test_cli_json_errors_are_named(tasks_dir, tmp_path, capsys):
+    out = tmp_path / "descr"
+    write_descriptor_dir(make_descriptors(), out)
+    target = tmp_path / "taken"
+    target.mkdir()  # --json over an existing folder
+    rc = main(["--descr-dir", str(out), "--tasks", str(tasks_dir), "--split", "x", "--json", str(target)])
+    assert rc == 2
+    assert str(target) in capsys.readouterr().err
+    # a failing write leaves no temporary file behind
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

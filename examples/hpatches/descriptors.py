@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tripletkit.training.atomic import atomic_open
+
 __all__ = ["IMAGE_TYPES", "DescriptorSet", "read_descriptor_dir", "write_descriptor_dir", "DescriptorFileError"]
 
 IMAGE_TYPES = ("ref",) + tuple(f"{level}{i}" for level in "eht" for i in range(1, 6))
@@ -82,6 +84,8 @@ def _read_csv(path: Path, delimiter: str) -> np.ndarray:
         text = path.read_text()
     except OSError as e:
         raise DescriptorFileError(f"{path}: cannot read ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise DescriptorFileError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from e
     try:
         a = np.loadtxt(io.StringIO(text), delimiter=delimiter, dtype=np.float64, ndmin=2)
     except ValueError as e:
@@ -91,6 +95,10 @@ def _read_csv(path: Path, delimiter: str) -> np.ndarray:
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).any(1).argmax())
         raise DescriptorFileError(f"{path}: row {bad + 1} contains NaN or inf")
+    big = np.abs(a) > np.finfo(np.float32).max  # finite in float64, inf once stored as float32
+    if big.any():
+        bad = int(big.any(1).argmax())
+        raise DescriptorFileError(f"{path}: row {bad + 1} holds a value beyond float32's range (±3.4e38)")
     return a.astype(np.float32)
 
 
@@ -106,6 +114,9 @@ def read_descriptor_dir(
     if not root.is_dir():
         raise DescriptorFileError(f"{root}: not a directory")
     seqs = sorted(p.name for p in root.iterdir() if p.is_dir()) if sequences is None else list(sequences)
+    for seq in seqs:  # names from a splits file become path components
+        if not isinstance(seq, str) or not seq or "/" in seq or "\\" in seq or seq in (".", "..") or ".." in seq:
+            raise DescriptorFileError(f"{root}: {seq!r} is not a valid sequence name")
     data: dict[str, dict[str, np.ndarray]] = {}
     dim = None
     for seq in seqs:
@@ -141,7 +152,5 @@ def write_descriptor_dir(
     for seq, per_type in descriptors.items():
         (root / seq).mkdir(parents=True, exist_ok=True)
         for t in IMAGE_TYPES:
-            path = root / seq / f"{t}.csv"
-            tmp = path.with_suffix(".csv.tmp")
-            np.savetxt(tmp, np.asarray(per_type[t], dtype=np.float32), delimiter=delimiter, fmt=fmt)
-            os.replace(tmp, path)
+            with atomic_open(root / seq / f"{t}.csv", "wb") as f:
+                np.savetxt(f, np.asarray(per_type[t], dtype=np.float32), delimiter=delimiter, fmt=fmt)

@@ -16,6 +16,7 @@ sort: retrieval ranks a positive ahead of an equally distant distractor, so cons
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ import torch
 
 from tripletkit.functional import euclidean_matrix, squared_euclidean_matrix
 from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_from_neighbours, roc_auc
+from tripletkit.training.atomic import atomic_write_bytes, atomic_write_text
 from tripletkit_hpatches.descriptors import DescriptorSet, read_descriptor_dir
 from tripletkit_hpatches.tasks import (
     Split,
@@ -77,19 +79,22 @@ class _PairIndex:
         self.rows = {}
         for kind, p in pairs.items():
             self.rows[kind] = (
-                self._rows(p.s1, p.t1, p.idx1, counts, kind),
-                self._rows(p.s2, p.t2, p.idx2, counts, kind),
+                self._rows(p.s1, p.t1, p.idx1, counts, kind, p.source),
+                self._rows(p.s2, p.t2, p.idx2, counts, kind, p.source),
             )
 
-    def _rows(self, s, t, idx, counts, kind) -> torch.Tensor:
+    def _rows(self, s, t, idx, counts, kind, source="") -> torch.Tensor:
         sid = pd.Categorical(s, categories=self.seqs).codes.astype(np.int64)
-        if (t < 0).any() or (t > 5).any():
-            raise ValueError(f"verification {kind}: image ids must be 0..5")
+        where = f"{source or 'verification ' + kind}"
+        bad_t = (t < 0) | (t > 5)
+        if bad_t.any():
+            r = int(np.flatnonzero(bad_t)[0])
+            raise ValueError(f"{where} line {r + 2}: image id {t[r]} is not in 0..5")
         bad = (idx < 0) | (idx >= counts[sid])
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"verification {kind} row {r}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)"
+                f"{where} line {r + 2}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)"
             )
         return torch.from_numpy(self.offset[sid, t] + idx)
 
@@ -183,7 +188,14 @@ def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str =
 
 # --------------------------------------------------------------------------------------------------- retrieval
 def evaluate_retrieval(
-    desc: DescriptorSet, queries, distractors, ties: str = "reference", pool_sizes: tuple[int, ...] = POOL_SIZES
+    desc: DescriptorSet,
+    queries,
+    distractors,
+    ties: str = "reference",
+    pool_sizes: tuple[int, ...] = POOL_SIZES,
+    *,
+    queries_source: str = "",
+    distractors_source: str = "",
 ) -> dict:
     """AP per (query, level, pool size), from the ranks of the 5 positives in each pool.
 
@@ -197,6 +209,18 @@ def evaluate_retrieval(
     d_seq = distractors["s"].to_numpy(object)
     d_idx = distractors["idx"].to_numpy(np.int64)
     desc.require(sorted(set(q_seq) | set(d_seq)))
+    for what, seqs, idx in (
+        (queries_source or "retrieval queries", q_seq, q_idx),
+        (distractors_source or "retrieval distractors", d_seq, d_idx),
+    ):
+        # a negative index would silently take a patch from the end: every index is checked against its sequence
+        limit = np.array([desc.num_patches(x) for x in seqs], dtype=np.int64)
+        bad = (idx < 0) | (idx >= limit)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{what} line {r + 2}: patch index {idx[r]} out of range for {seqs[r]} ({limit[r]} patches)"
+            )
     d_ref = torch.from_numpy(np.stack([desc[s]["ref"][i] for s, i in zip(d_seq, d_idx)]))
     ap = np.zeros((len(q_seq), len(LEVELS), len(pool_sizes)))
     for seq in sorted(set(q_seq)):
@@ -278,7 +302,14 @@ def evaluate(
             out["matching"] = out["matching_detail"]["mean"]
         elif task == "retrieval":
             r = read_retrieval(tasks_dir, sp.name)
-            out["retrieval_detail"] = evaluate_retrieval(desc, r.queries, r.distractors, ties)
+            out["retrieval_detail"] = evaluate_retrieval(
+                desc,
+                r.queries,
+                r.distractors,
+                ties,
+                queries_source=r.queries_source,
+                distractors_source=r.distractors_source,
+            )
             out["retrieval"] = out["retrieval_detail"]["mean"]
         else:
             raise ValueError(f"unknown task {task!r}; valid: verification, matching, retrieval")
@@ -350,8 +381,10 @@ def results_figure(result: dict, path: str | Path, title: str = "") -> None:
     axes[0].legend(title="level")
     fig.suptitle(title or f"HPatches split {result['split']} (ties: {result['ties']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _jsonable(obj):
@@ -400,11 +433,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(results_table(result))
     print("\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timing_s"].items()))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(_jsonable(result), indent=1))
-    if a.figure:
-        results_figure(result, a.figure)
+    for flag, path, write in (
+        ("--json", a.json, lambda p: atomic_write_text(p, json.dumps(_jsonable(result), indent=1))),
+        ("--figure", a.figure, lambda p: results_figure(result, p)),
+    ):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+        except OSError as e:
+            print(f"error: {flag} {path}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return 2
     return 0
 
 

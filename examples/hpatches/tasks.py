@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tripletkit.training.atomic import atomic_open
 
 __all__ = [
     "Split",
@@ -27,13 +30,25 @@ __all__ = [
     "generate_verification",
     "write_verification",
     "find_task_file",
+    "check_sequence_name",
 ]
 
 VERIF_KINDS = ("pos", "neg_intra", "neg_inter")
 
 
 class TaskFileError(ValueError):
-    """A task file that is missing or malformed; the message names the file."""
+    """A task file that is missing or malformed; the message names the file (and the line)."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def check_sequence_name(name: object, where: str) -> str:
+    """A sequence name read from a file becomes a path component: letters, digits, ``_ . -``, no separators, no
+    ``..`` (``../x`` or ``/etc`` in a splits file would reach outside the data folder)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise TaskFileError(f"{where}: {name!r} is not a valid sequence name (letters, digits, _ . - only)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class VerificationPairs:
     s2: np.ndarray
     t2: np.ndarray
     idx2: np.ndarray
+    source: str = ""  # the file the rows came from (for messages: "<file> line <n>")
 
     def __len__(self) -> int:
         return len(self.s1)
@@ -67,6 +83,8 @@ class VerificationPairs:
 class RetrievalTask:
     queries: pd.DataFrame  # columns s, idx
     distractors: pd.DataFrame  # columns s, idx
+    queries_source: str = ""
+    distractors_source: str = ""
 
 
 def find_task_file(tasks_dir: str | os.PathLike, name: str) -> Path:
@@ -81,13 +99,23 @@ def load_splits(tasks_dir: str | os.PathLike) -> dict[str, Split]:
     path = find_task_file(tasks_dir, "splits.json")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TaskFileError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{path}: expected an object of splits, got {type(raw).__name__}")
     out = {}
     for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            raise TaskFileError(f"{path}: split {name!r} must be an object, got {type(entry).__name__}")
         if "test" not in entry:
             raise TaskFileError(f"{path}: split {name!r} has no 'test' list")
-        out[name] = Split(name=entry.get("name", name), test=tuple(entry["test"]), train=tuple(entry.get("train", ())))
+        lists = {}
+        for key in ("test", "train"):
+            value = entry.get(key, [])
+            if not isinstance(value, list):
+                raise TaskFileError(f"{path}: split {name!r}: {key!r} must be a list, got {type(value).__name__}")
+            lists[key] = tuple(check_sequence_name(v, f"{path}: split {name!r} {key}") for v in value)
+        out[name] = Split(name=str(entry.get("name", name)), test=lists["test"], train=lists["train"])
     return out
 
 
@@ -98,13 +126,29 @@ def load_split(tasks_dir: str | os.PathLike, name: str) -> Split:
     return splits[name]
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_table(
+    path: Path, columns: list[str], ints: tuple[str, ...] = (), names: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """The CSV with exactly ``columns``; every ``ints`` column holds non-negative integers and every ``names``
+    column valid sequence names. Errors name the file and the line (the header is line 1)."""
     try:
-        df = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise TaskFileError(f"{path}: cannot read ({e})") from e
     if list(df.columns) != columns:
         raise TaskFileError(f"{path}: header {list(df.columns)}, expected {columns}")
+    for c in ints:
+        text = df[c].to_numpy(object)
+        ok = np.array([t.isdigit() and t.isascii() for t in text], dtype=bool)
+        if not ok.all():
+            r = int(np.flatnonzero(~ok)[0])
+            raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {text[r]!r}, not a non-negative integer")
+        df[c] = text.astype(np.int64)
+    for c in names:
+        values = df[c].to_numpy(object)
+        for r, v in enumerate(values):
+            if not _NAME.fullmatch(v) or ".." in v:
+                raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {v!r}, not a valid sequence name")
     return df
 
 
@@ -113,7 +157,14 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
     out = {}
     for kind in VERIF_KINDS:
         path = find_task_file(tasks_dir, f"verif_{kind}_split-{split}.csv")
-        df = _read_table(path, ["s1", "t1", "idx1", "s2", "t2", "idx2"])
+        df = _read_table(
+            path, ["s1", "t1", "idx1", "s2", "t2", "idx2"], ints=("t1", "idx1", "t2", "idx2"), names=("s1", "s2")
+        )
+        for c in ("t1", "t2"):
+            bad = df[c].to_numpy() > 5
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise TaskFileError(f"{path} line {r + 2}: image id {c}={df[c].iloc[r]} is not in 0..5")
         out[kind] = VerificationPairs(
             df.s1.to_numpy(object),
             df.t1.to_numpy(np.int64),
@@ -121,6 +172,7 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
             df.s2.to_numpy(object),
             df.t2.to_numpy(np.int64),
             df.idx2.to_numpy(np.int64),
+            source=str(path),
         )
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) != 1:
@@ -129,9 +181,11 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
 
 
 def read_retrieval(tasks_dir: str | os.PathLike, split: str) -> RetrievalTask:
-    q = _read_table(find_task_file(tasks_dir, f"retr_queries_split-{split}.csv"), ["s", "idx"])
-    d = _read_table(find_task_file(tasks_dir, f"retr_distractors_split-{split}.csv"), ["s", "idx"])
-    return RetrievalTask(q, d)
+    qp = find_task_file(tasks_dir, f"retr_queries_split-{split}.csv")
+    dp = find_task_file(tasks_dir, f"retr_distractors_split-{split}.csv")
+    q = _read_table(qp, ["s", "idx"], ints=("idx",), names=("s",))
+    d = _read_table(dp, ["s", "idx"], ints=("idx",), names=("s",))
+    return RetrievalTask(q, d, str(qp), str(dp))
 
 
 def generate_verification(
@@ -185,8 +239,8 @@ def draw_index_pairs(
 def write_verification(pairs: dict[str, VerificationPairs], tasks_dir: str | os.PathLike, split: str) -> None:
     root = Path(tasks_dir)
     root.mkdir(parents=True, exist_ok=True)
+    # all three, or none: each is written atomically, and a reader refuses a partial set (``ensure_verification``
+    # regenerates only when none exists), so a kill between two files is caught, never trusted
     for kind, p in pairs.items():
-        path = root / f"verif_{kind}_split-{split}.csv"
-        tmp = path.with_suffix(".tmp")
-        p.to_frame().to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_open(root / f"verif_{kind}_split-{split}.csv", "w", newline="") as f:
+            p.to_frame().to_csv(f, index=False)
