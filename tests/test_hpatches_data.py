@@ -159,3 +159,69 @@ def test_prepare_cli_reports_bad_sequences(tmp_path, capsys):
     (tmp_path / "seq" / "1.png").write_bytes(b"not an image")
     assert prepare_main(["extract", "--sequences", str(tmp_path / "seq"), "--out", str(tmp_path / "o")]) == 2
     assert "1.png: not a readable image" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ prepare.py bounds its work on bad images
+
+
+def _sequence_folder(root, images, homography="1 0 5\n0 1 3\n0 0 1\n"):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for k, img in enumerate(images, 1):
+        Image.fromarray(img).save(root / f"{k}.png")  # uint16 arrays are saved as 16-bit PNGs
+        if k > 1:
+            (root / f"H_1_{k}").write_text(homography)
+    return root
+
+
+def _textured(h=240, w=320, seed=0):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    return np.clip(gaussian_filter(rng.normal(size=(h, w)), 3) * 900 + 128, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["white", "black", "half-white", "clipped"])
+def test_saturated_or_flat_images_are_quick(tmp_path, kind):
+    # before: scikit-image's blob pruning enumerated every pair of plateau maxima (minutes, then out of memory);
+    # the time itself is measured in bench/test_extraction.py, not asserted here
+    base = _textured(480, 640)
+    img = {
+        "white": np.full_like(base, 255),
+        "black": np.zeros_like(base),
+        "half-white": np.where(np.arange(640)[None, :] < 320, 255, base).astype(np.uint8),
+        "clipped": np.clip(base.astype(int) * 4, 0, 255).astype(np.uint8),
+    }[kind]
+    found = ex.detect(img.astype(np.float32))
+    assert len(found) <= 2 * 4000 + 4 * 1000
+    if kind in ("white", "black"):
+        folder = _sequence_folder(tmp_path / kind, [img] * 6)
+        with pytest.raises(ex.SequenceFileError, match="no detections|no region lies inside"):
+            ex.extract_sequence(ex.load_sequence(folder), max_patches=50)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    base = _textured().astype(np.uint16) * 257  # 16-bit, the full range
+    folder = _sequence_folder(tmp_path / "s16", [base] * 6)
+    seq = ex.load_sequence(folder)
+    assert seq.images[0].max() <= 255.0 and abs(seq.images[0].mean() - _textured().mean()) < 1.0
+    # the patch reader: 16-bit columns are scaled, not wrapped modulo 256
+    from PIL import Image
+
+    col = (np.arange(65 * 2 * 65, dtype=np.int64).reshape(130, 65) * 7) % 65536
+    Image.fromarray(col.astype(np.uint16)).save(tmp_path / "col.png")
+    patches = read_patch_column(tmp_path / "col.png")
+    assert patches.shape == (2, 65, 65)
+    np.testing.assert_array_equal(patches.reshape(130, 65), np.rint(col / 257.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "h",
+    ["1 2 3\n2 4 6\n0 0 1\n", "1 0 0\n0 0 0\n0 0 1\n", "0 0 1\n0 0 1\n0 0 1\n"],
+    ids=["rank-2", "collapsed-axis", "rank-1"],
+)
+def test_degenerate_homographies_are_rejected_by_name(tmp_path, h):
+    folder = _sequence_folder(tmp_path / "deg", [_textured()] * 6, homography=h)
+    with pytest.raises(ex.SequenceFileError, match="H_1_2: degenerate homography"):
+        ex.load_sequence(folder)

@@ -38,6 +38,12 @@ def read_patch_column(path: str | os.PathLike, patch_size: int = 65) -> np.ndarr
         )
     if h == 0 or h % patch_size:
         raise PatchFileError(f"{path}: height {h} is not a multiple of {patch_size}")
+    if a.dtype != np.uint8:
+        # 16-bit (or 32-bit) columns are scaled to 8 bits (65535 → 255), never wrapped modulo 256
+        top = 65535.0 if a.dtype == np.uint16 or a.max() > 255 else 255.0
+        if a.min() < 0 or a.max() > 65535:
+            raise PatchFileError(f"{path}: values outside [0, 65535] in a {a.dtype} image")
+        a = np.rint(a.astype(np.float64) * (255.0 / top))
     return np.ascontiguousarray(a.astype(np.uint8).reshape(h // patch_size, patch_size, patch_size))
 
 
