@@ -177,3 +177,30 @@ def test_scale_equivariance_property(seed, scale):
         torch.testing.assert_close(got, want**power, rtol=2e-3, atol=1e-6 * float(want.max()) ** power)
         gp = d.paired((x[:3] * scale).float(), (x[3:] * scale).float()).double() / scale**power
         torch.testing.assert_close(gp, ((x[:3] - x[3:]) ** 2).sum(1) ** (power / 2), rtol=1e-5, atol=0)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_swap_with_tied_hardest_positives_follows_the_tie_rule_in_every_dtype(seed):
+    # grid embeddings: exact ties between hardest positives are common, and the swap's value depends on which one
+    # is chosen; the documented rule (smallest index) must hold in float32 as in float64 (the reference)
+    from tripletkit.testing import reference as ref
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (12, 3), generator=g).double()
+    labels = torch.randint(0, 3, (12,), generator=g)
+    want, _ = ref.batch_hard(x.numpy(), labels.tolist(), margin=0.2, swap=True)
+    for dtype in (torch.float64, torch.float32):
+        got = float(BatchHardLoss(margin=0.2, swap=True)(x.to(dtype), labels))
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6), dtype
+
+
+def test_swap_tie_case_that_used_to_depend_on_the_dtype():
+    # anchor 0 at the origin; positives 1 and 2 tie at distance 5; 2 has a nearer negative (3) than 1 (4)
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [4.0, 3.0], [4.0, 6.5], [-3.0, 11.0], [40.0, 40.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    from tripletkit.testing import reference as ref
+
+    want, _ = ref.batch_hard(x.double().numpy(), labels.tolist(), margin=0.2, swap=True)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        got = float(BatchHardLoss(margin=0.2, swap=True)(x.to(dtype), labels))
+        assert got == pytest.approx(want, rel=1e-5), dtype

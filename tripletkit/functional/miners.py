@@ -300,6 +300,7 @@ def batch_hard_triplets_factored(
     swap: bool = False,
     max_class_size: int | None = None,
     block_elements: int = 1 << 18,
+    exact: tuple[Tensor, DistanceLike] | None = None,
 ) -> Triplets:
     """[`batch_hard_triplets()`][tripletkit.functional.miners.batch_hard_triplets] for a ranking given in factored form ``R = left @ right.T``, in row blocks.
 
@@ -307,7 +308,10 @@ def batch_hard_triplets_factored(
     [`class_members()`][tripletkit.functional.miners.class_members] (a gather for the positives, a scatter of +inf over the own class for the negatives), so
     the N×N ranking and label masks are never materialised: the work is one GEMM plus one min-reduction pass, and the
     extra memory O(block_elements + N·K). ``max_class_size`` as in [`class_members()`][tripletkit.functional.miners.class_members]; results do not depend on
-    ``block_elements``.
+    ``block_elements``. ``exact=(x, distance)`` with ``swap``: the hardest positive is chosen again on the exact
+    paired distances of the class members (O(N·K·D)), so that tied hardest positives resolve to the smallest index
+    in every dtype (the swap's value depends on which one is chosen; the rounded ranking can order exact ties either
+    way).
     """
     n = left.shape[0]
     device = left.device
@@ -326,6 +330,12 @@ def batch_hard_triplets_factored(
         torch.max(candidates, 1, out=(pos_val[r0:r1], pos_slot[r0:r1]))
         block.scatter_(1, members, float("inf"))
         torch.min(block, 1, out=(neg_val[r0:r1], negative[r0:r1]))
+    if swap and exact is not None:
+        x, distance = exact
+        k = cm.members.shape[1]
+        d = distance.paired(x.repeat_interleave(k, 0), x.index_select(0, cm.members.reshape(-1))).view(n, k)
+        # argmax returns the first maximum, and members ascend by index within a class: the smallest index wins
+        pos_slot = d.masked_fill(~cm.positive, float("-inf")).argmax(1)
     positive = cm.members.gather(1, pos_slot[:, None]).squeeze(1)
     valid = (pos_val > float("-inf")) & (neg_val < float("inf"))
     return _hardest(positive, negative, neg_val, valid, row_offset, swap)
@@ -346,7 +356,13 @@ def mine_batch_hard(
     if factors is not None and (max_class_size is not None or not _compiling()):
         left, right, offset = factors
         return batch_hard_triplets_factored(
-            left, right, labels, row_offset=offset, swap=swap, max_class_size=max_class_size
+            left,
+            right,
+            labels,
+            row_offset=offset,
+            swap=swap,
+            max_class_size=max_class_size,
+            exact=(x, distance) if swap else None,
         )
     ranking, offset = distance.ranking(x)
     return batch_hard_triplets(ranking, labels, row_offset=offset, swap=swap)
