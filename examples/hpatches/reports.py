@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tripletkit.training import atomic_write_text, probe_indices
+from tripletkit.training import atomic_write_bytes, atomic_write_text, probe_indices
 from tripletkit_hpatches.config import Config
 from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.evaluate import results_figure
@@ -19,6 +19,15 @@ from tripletkit_hpatches.stages.evaluate import OURS, Evaluation
 __all__ = ["write_results", "tsne_figure", "curves", "experiments_table"]
 
 TASKS = ("verification", "matching", "retrieval")
+
+
+def _save(fig, path: Path) -> None:
+    """A figure, written atomically (a kill leaves the previous file or none, never half a PNG)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _plt():
@@ -75,7 +84,7 @@ def tsne_figure(cfg: Config, ds: PatchDataset, ev: Evaluation) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(cfg.out / "tsne.png", dpi=110)
+    _save(fig, cfg.out / "tsne.png")
     plt.close(fig)
 
 
@@ -104,7 +113,7 @@ def curves(out: Path) -> None:
             axes[2].plot(d.step, d.matching_map, marker="o")
         axes[2].set(xlabel="step", ylabel="matching mAP", title="matching mAP (3 test sequences × 500 patches)")
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
+    _save(fig, out / "curves.png")
     plt.close(fig)
 
 
@@ -154,6 +163,6 @@ def experiments_table(out: Path, table: dict[str, dict]) -> str:
     ax.set_ylabel("mAP")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "experiments.png", dpi=110)
+    _save(fig, out / "experiments.png")
     plt.close(fig)
     return text

@@ -39,7 +39,7 @@ from tripletkit_hpatches import reports
 from tripletkit_hpatches.config import INIT_FROM, PRESETS, Config, build_parser, parse, resolve
 from tripletkit_hpatches.runtime import Runtime, require_xla, setup_runtime
 from tripletkit_hpatches.stages.data import data_folder, load_data
-from tripletkit_hpatches.stages.denoise import run_denoise
+from tripletkit_hpatches.stages.denoise import denoise_done, run_denoise
 from tripletkit_hpatches.stages.descriptor import descriptor_done, run_descriptor
 from tripletkit_hpatches.stages.evaluate import run_evaluate
 
@@ -69,7 +69,7 @@ def run(cfg: Config, rt: Runtime) -> dict:
         atomic_write_text(cfg.out / "config.json", json.dumps(config, indent=1, default=str))
     results: dict = {}
     for stage in cfg.stages:
-        if stage == "denoise" and not ((cfg.resume or cfg.shared_denoise) and (cfg.out / "denoised.npz").exists()):
+        if stage == "denoise" and not ((cfg.resume or cfg.shared_denoise) and denoise_done(cfg.out)):
             run_denoise(cfg, ds, split, rt)
         elif stage == "descriptor" and not (cfg.resume and descriptor_done(cfg)):
             run_descriptor(cfg, ds, split, rt)

@@ -11,7 +11,26 @@ from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.models import build_denoiser
 from tripletkit_hpatches.runtime import Runtime
 
-__all__ = ["run_denoise", "apply_denoiser", "save_npz"]
+__all__ = ["run_denoise", "apply_denoiser", "save_npz", "denoise_done"]
+
+
+def denoise_done(out) -> bool:
+    """Whether ``denoised.npz`` (written last, atomically) is there and loads without unpickling; a damaged file
+    is redone (the stage is seeded, so it comes out the same)."""
+    import warnings
+
+    path = out / "denoised.npz"
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                z[key]
+    except Exception as e:  # any unreadable file is redone, with a warning
+        warnings.warn(f"{path} does not load ({e}); running the denoise stage again", stacklevel=2)
+        return False
+    return True
+
 
 APPLY_CHUNK = 2048
 

@@ -9,6 +9,7 @@ the patch bank, augmentation, the offline miner and the matching-mAP learning cu
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,14 @@ def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
 
 
 def descriptor_done(cfg: Config) -> bool:
-    """Whether ``descriptor.pt`` holds the whole requested training (steps, or the epochs' patch budget)."""
+    """Whether ``descriptor.pt`` holds the whole requested training (steps, or the epochs' patch budget) and loads:
+    a file that exists but does not load (damaged after the run) is written again from the checkpoint."""
     if not (cfg.out / "descriptor.pt").exists() or not (cfg.out / "checkpoint.pt").exists():
+        return False
+    try:
+        torch.load(cfg.out / "descriptor.pt", weights_only=True, map_location="cpu")
+    except Exception as e:  # any unreadable file is redone, with a warning
+        warnings.warn(f"{cfg.out / 'descriptor.pt'} does not load ({e}); writing it again from the checkpoint", stacklevel=2)
         return False
     try:
         extra = load_checkpoint(cfg.out / "checkpoint.pt")["extra"]

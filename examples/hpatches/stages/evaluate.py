@@ -49,20 +49,46 @@ def _retrieval_files(ds: PatchDataset, den, test: list[str], tasks: Path, n_quer
         )
 
 
+TASK_FILES = (
+    "splits.json",
+    "verif_pos_split-default.csv",
+    "verif_neg_intra_split-default.csv",
+    "verif_neg_inter_split-default.csv",
+    "retr_queries_split-default.csv",
+    "retr_distractors_split-default.csv",
+)
+
+
+def _tasks_complete(tasks: Path) -> bool:
+    """Whether ``tasks/manifest.json`` (written last) lists every task file with the size it has now: a set that
+    a kill interrupted is regenerated, never trusted because its first file exists."""
+    try:
+        manifest = json.loads((tasks / "manifest.json").read_text())
+        return all((tasks / name).stat().st_size == manifest[name] for name in TASK_FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def write_tasks(cfg: Config, ds: PatchDataset, den, test: list[str], train: list[str]) -> Path:
     """The task files of the run's split (once): verification pairs with the benchmark's generator, retrieval
-    queries and distractors; ``splits.json`` names the split ``default``."""
+    queries and distractors; ``splits.json`` names the split ``default``. Each file is written atomically and
+    ``manifest.json`` last; without a matching manifest the whole set is written again (the generators are
+    seeded, so the files come out the same)."""
     tasks = cfg.out / "tasks"
     tasks.mkdir(exist_ok=True)
+    if _tasks_complete(tasks):
+        return tasks
     atomic_write_text(tasks / "splits.json", json.dumps({"default": {"name": "default", "test": test, "train": train}}))
-    if not (tasks / "verif_pos_split-default.csv").exists():
-        counts = {s: ds.num_patches(s) for s in test}
-        write_verification(
-            generate_verification(test, counts, n_pairs=cfg.verification_pairs, progress=not cfg.quiet),
-            tasks,
-            "default",
-        )
-        _retrieval_files(ds, den, test, tasks, cfg.queries, cfg.seed)
+    counts = {s: ds.num_patches(s) for s in test}
+    write_verification(
+        generate_verification(test, counts, n_pairs=cfg.verification_pairs, progress=not cfg.quiet),
+        tasks,
+        "default",
+    )
+    _retrieval_files(ds, den, test, tasks, cfg.queries, cfg.seed)
+    atomic_write_text(
+        tasks / "manifest.json", json.dumps({name: (tasks / name).stat().st_size for name in TASK_FILES}, indent=1)
+    )
     return tasks
 
 
