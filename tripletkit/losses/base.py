@@ -101,6 +101,25 @@ class TripletLossBase(nn.Module):
                 raise ValueError(f"ref_self_index must lie in [-1, {ref.shape[0]}) for {ref.shape[0]} reference rows")
         return {"ref": ref, "ref_labels": ref_labels, "ref_self_index": ref_self_index}
 
+    def _prepare(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
+        ref_self_index: Tensor | None,
+    ) -> tuple[Tensor, Tensor, dict]:
+        """Checked ``(embeddings, labels, ref)``: with a reference set, ``ref`` holds the functional losses'
+        ``ref``/``ref_labels``/``ref_self_index`` (one anchor is enough); without one, the batch is gathered across
+        replicas when ``gather_distributed`` and ``ref`` is empty."""
+        if ref_embeddings is None:
+            self._check_ref(embeddings, None, ref_labels, ref_self_index)  # ref_labels alone is an error
+            labels = self._check_inputs(embeddings, labels)
+            embeddings, labels = self._gather(embeddings, labels)
+            return embeddings, labels, {}
+        labels = self._check_inputs(embeddings, labels, min_rows=1)
+        return embeddings, labels, self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
+
     def _gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The global batch when ``gather_distributed`` (see [`tripletkit.distributed`][tripletkit.distributed]), else the inputs."""
         if self.gather_distributed and is_distributed():

@@ -87,14 +87,7 @@ class BatchAllLoss(TripletLossBase):
         ref_self_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, BatchAllStats]:
         """Scalar loss; with ``return_stats`` also ``{"num_triplets", "num_active"}`` (0-d int64 tensors)."""
-        ref: dict = {}
-        if ref_embeddings is not None:
-            labels = self._check_inputs(embeddings, labels, min_rows=1)
-            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
-        else:
-            self._check_ref(embeddings, None, ref_labels, ref_self_index)
-            labels = self._check_inputs(embeddings, labels)
-            embeddings, labels = self._gather(embeddings, labels)
+        embeddings, labels, ref = self._prepare(embeddings, labels, ref_embeddings, ref_labels, ref_self_index)
         out = batch_all_triplet_loss(
             embeddings,
             labels,

@@ -98,25 +98,9 @@ class BatchHardLoss(TripletLossBase):
     ) -> Tensor:
         """``embeddings``: (N, D) floating point, N ≥ 2 (N ≥ 1 with a reference set); ``labels``: (N,) integers;
         ``ref_embeddings``: (M, D), ``ref_labels``: (M,), ``ref_self_index``: (N,). Returns a scalar (or (N,))."""
-        if ref_embeddings is not None:
-            if self.swap:
-                raise ValueError("swap is not defined against a reference set")
-            labels = self._check_inputs(embeddings, labels, min_rows=1)
-            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
-            return self._finish(
-                batch_hard_triplet_loss(
-                    embeddings,
-                    labels,
-                    distance=self.distance,
-                    margin_fn=self.margin_fn,
-                    reduction=self.reduction,
-                    validate=False,
-                    **ref,
-                )
-            )
-        self._check_ref(embeddings, None, ref_labels, ref_self_index)
-        labels = self._check_inputs(embeddings, labels)
-        embeddings, labels = self._gather(embeddings, labels)
+        if ref_embeddings is not None and self.swap:
+            raise ValueError("swap is not defined against a reference set")
+        embeddings, labels, ref = self._prepare(embeddings, labels, ref_embeddings, ref_labels, ref_self_index)
         return self._finish(
             batch_hard_triplet_loss(
                 embeddings,
@@ -125,8 +109,9 @@ class BatchHardLoss(TripletLossBase):
                 margin_fn=self.margin_fn,
                 reduction=self.reduction,
                 swap=self.swap,
-                max_class_size=self.max_class_size,
+                max_class_size=None if ref else self.max_class_size,
                 validate=False,
+                **ref,
             )
         )
 

@@ -79,13 +79,7 @@ class BatchSemiHardLoss(TripletLossBase):
         ref_self_index: Tensor | None = None,
     ) -> Tensor:
         """``embeddings``: (N, D); ``labels``: (N,) integers; a reference set as in ``BatchHardLoss``."""
-        if ref_embeddings is not None:
-            labels = self._check_inputs(embeddings, labels, min_rows=1)
-            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
-        else:
-            self._check_ref(embeddings, None, ref_labels, ref_self_index)
-            labels = self._check_inputs(embeddings, labels)
-            ref = {}
+        embeddings, labels, ref = self._prepare(embeddings, labels, ref_embeddings, ref_labels, ref_self_index)
         return self._finish(
             batch_semihard_triplet_loss(
                 embeddings,

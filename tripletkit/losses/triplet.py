@@ -84,16 +84,9 @@ class TripletLoss(TripletLossBase):
             return self._given(embeddings, labels, triplets)
         if labels is None:
             raise ValueError("labels are required unless triplets are given")
-        ref: dict = {}
-        if ref_embeddings is not None:
-            if not getattr(self.miner, "supports_ref", False):
-                raise ValueError(f"{self.miner!r} cannot mine against a reference set (it has no supports_ref)")
-            labels = self._check_inputs(embeddings, labels, min_rows=1)
-            ref = self._check_ref(embeddings, ref_embeddings, ref_labels, ref_self_index)
-        else:
-            self._check_ref(embeddings, None, ref_labels, ref_self_index)
-            labels = self._check_inputs(embeddings, labels)
-            embeddings, labels = self._gather(embeddings, labels)
+        if ref_embeddings is not None and not getattr(self.miner, "supports_ref", False):
+            raise ValueError(f"{self.miner!r} cannot mine against a reference set (it has no supports_ref)")
+        embeddings, labels, ref = self._prepare(embeddings, labels, ref_embeddings, ref_labels, ref_self_index)
         fused = getattr(self.miner, "fused_loss", None)
         loss = None
         if fused is not None:
