@@ -126,7 +126,9 @@ def descriptor_done(cfg: Config) -> bool:
     try:
         torch.load(cfg.out / "descriptor.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # any unreadable file is redone, with a warning
-        warnings.warn(f"{cfg.out / 'descriptor.pt'} does not load ({e}); writing it again from the checkpoint", stacklevel=2)
+        warnings.warn(
+            f"{cfg.out / 'descriptor.pt'} does not load ({e}); writing it again from the checkpoint", stacklevel=2
+        )
         return False
     try:
         extra = load_checkpoint(cfg.out / "checkpoint.pt")["extra"]
