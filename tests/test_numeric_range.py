@@ -204,3 +204,17 @@ def test_swap_tie_case_that_used_to_depend_on_the_dtype():
     for dtype in (torch.float64, torch.float32, torch.bfloat16):
         got = float(BatchHardLoss(margin=0.2, swap=True)(x.to(dtype), labels))
         assert got == pytest.approx(want, rel=1e-5), dtype
+
+
+def test_float16_gradient_beyond_its_range_is_a_value_error_not_inf():
+    # cosine: the gradient of a row grows like 1/‖x‖; at ‖x‖ ≈ 1e-6 it is far beyond float16's 65504
+    x = torch.randn(8, 4).half()
+    x[0] = torch.tensor([1e-6, 0.0, 0.0, 0.0]).half()
+    leaf = x.clone().requires_grad_(True)
+    loss = BatchHardLoss(distance="cosine")(leaf, torch.arange(4).repeat_interleave(2))
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        loss.backward()
+    # an ordinary float16 batch keeps a finite float16 gradient
+    ok = torch.randn(8, 4).half().requires_grad_(True)
+    BatchHardLoss(distance="cosine")(ok, torch.arange(4).repeat_interleave(2)).backward()
+    assert ok.grad.dtype == torch.float16 and torch.isfinite(ok.grad).all()

@@ -92,8 +92,30 @@ def check_margin(margin: object, *, name: str = "margin") -> float:
     return margin
 
 
+class _Float16Upcast(torch.autograd.Function):
+    """float16 → float32 whose backward refuses a gradient beyond float16's range (65504) instead of returning inf:
+    the cosine gradient of a row of tiny norm grows like 1/‖x‖."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.float()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        limit = torch.finfo(torch.float16).max
+        if not _static(grad) and bool((grad.abs() > limit).any()):
+            raise ValueError(
+                f"the gradient of the float16 embeddings reaches {float(grad.abs().max()):.3g}, beyond float16's "
+                f"range ({limit:.0f}) (a row of tiny norm under the cosine distance?): use bfloat16 or float32 embeddings"
+            )
+        return grad.to(torch.float16)
+
+
 def compute_dtype(x: Tensor) -> Tensor:
-    """Half-precision embeddings are computed in float32: distances near zero need the mantissa."""
+    """Half-precision embeddings are computed in float32: distances near zero need the mantissa. A float16 gradient
+    that would overflow is a ValueError, not inf."""
+    if x.dtype == torch.float16 and x.requires_grad and torch.is_grad_enabled():
+        return _Float16Upcast.apply(x)
     return x.float() if x.dtype in _LOW_PRECISION else x
 
 
