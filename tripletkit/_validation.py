@@ -177,3 +177,51 @@ def check_loss_inputs(
     """The functional losses' input check (the modules' check): (N, D) floating embeddings, (N,) integer labels."""
     x = check_embeddings(embeddings, min_rows=min_rows, values=values)
     return x, check_labels(labels, x.shape[0], device=x.device)
+
+
+def check_triplet_indices(
+    anchor: Tensor, positive: Tensor, negative: Tensor, n_anchor: int, n_other: int, *, values: bool = True
+) -> None:
+    """Index triplets: 1-D int32/int64 tensors of one length; anchors in ``[0, n_anchor)``, positives and negatives in
+    ``[0, n_other)`` (the range check reads from the device: ``values=False`` skips it)."""
+    for name, idx, bound in (
+        ("anchor", anchor, n_anchor),
+        ("positive", positive, n_other),
+        ("negative", negative, n_other),
+    ):
+        if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
+            raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
+        if idx.shape != anchor.shape:
+            raise ValueError(
+                f"triplet index tensors differ in length: anchor {tuple(anchor.shape)}, {name} {tuple(idx.shape)}"
+            )
+        if values and not _static(idx) and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+            raise ValueError(f"triplet {name} indices must lie in [0, {bound})")
+
+
+def check_reference_set(
+    embeddings: Tensor,
+    ref: object,
+    ref_labels: object,
+    ref_self_index: object = None,
+    *,
+    name: str = "ref_embeddings",
+    values: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A reference set for ``embeddings`` (PML's ``ref_emb``): (M, D) finite rows of the same D, (M,) integer
+    labels, and an optional (N,) ``ref_self_index`` in ``[-1, M)``; returned on the embeddings' device."""
+    ref = check_embeddings(ref, name=name, min_rows=1, values=values and not _static(embeddings))
+    if ref.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"{name} have {ref.shape[1]} dimensions but the embeddings have {embeddings.shape[1]}")
+    if ref_labels is None:
+        raise ValueError(f"ref_labels are required with {name}")
+    m = ref.shape[0]
+    labels = check_labels(ref_labels, m, device=embeddings.device, name="ref_labels", of=name)
+    if ref_self_index is not None:
+        ref_self_index = check_labels(
+            ref_self_index, embeddings.shape[0], device=embeddings.device, name="ref_self_index"
+        ).long()
+        if values and not _static(embeddings) and ref_self_index.numel():
+            if int(ref_self_index.min()) < -1 or int(ref_self_index.max()) >= m:
+                raise ValueError(f"ref_self_index must lie in [-1, {m}) for {m} reference rows")
+    return ref.to(embeddings.device), labels, ref_self_index  # type: ignore[return-value]

@@ -37,6 +37,7 @@ from ._validation import (
     check_embeddings,
     check_labels,
     check_margin,
+    check_reference_set,
     compute_dtype,
     outside_autocast,
 )
@@ -118,13 +119,8 @@ class Miner:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Query and reference set, checked and in the computation's dtype."""
         embeddings, labels = self._check(embeddings, labels, min_rows=1)
-        check_embeddings(ref, name="ref_embeddings", values=not _static(ref), min_rows=1)
-        if ref_labels is None:
-            raise ValueError("ref_labels are required with ref_embeddings")
-        ref_labels = check_labels(
-            ref_labels, ref.shape[0], device=embeddings.device, name="ref_labels", of="ref_embeddings"
-        )
-        return compute_dtype(embeddings), labels, compute_dtype(ref.to(embeddings.device)), ref_labels
+        ref, ref_labels, _ = check_reference_set(embeddings, ref, ref_labels, values=not _static(ref))
+        return compute_dtype(embeddings), labels, compute_dtype(ref), ref_labels
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

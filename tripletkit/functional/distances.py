@@ -151,31 +151,21 @@ def _zero_identical(
     exactly, so a batch without duplicates costs O((N + M)·D) and never another pass over ``d``. Traced
     (``torch.compile``, XLA): a static N×M mask from the fingerprints. ``usable``: (N,) and (M,) masks of rows that
     may be set to 0 at all (the cosine distance keeps its zero vectors at distance 1)."""
-    if d.device.type == "xla":
-        px = _float_fingerprint(x)
-        py = px if y is None else _float_fingerprint(y)
-        same = (px[:, None, 0] == py[None, :, 0]) & (px[:, None, 1] == py[None, :, 1])
-        if bound is not None:
-            same = same & (d <= bound)
-        if usable is not None:
-            same = same & usable[0][:, None] & usable[1][None, :]
-        return d.masked_fill(same, 0.0)
-    if d.device.type == "xla":
-        px = _float_fingerprint(x)
-        py = px if y is None else _float_fingerprint(y)
-        same = (px[:, None, 0] == py[None, :, 0]) & (px[:, None, 1] == py[None, :, 1])
-        if bound is not None:
-            same = same & (d <= bound)
+    if _static(d):
+        if d.device.type == "xla":
+            px = _float_fingerprint(x)
+            py = px if y is None else _float_fingerprint(y)
+            same = (px[:, None, 0] == py[None, :, 0]) & (px[:, None, 1] == py[None, :, 1])
+            if bound is not None:
+                same = same & (d <= bound)
+        else:
+            fx = _fingerprint(x)
+            same = fx[:, None] == (fx if y is None else _fingerprint(y))[None, :]
         if usable is not None:
             same = same & usable[0][:, None] & usable[1][None, :]
         return d.masked_fill(same, 0.0)
     fx = _fingerprint(x)
     fy = fx if y is None else _fingerprint(y)
-    if _static(d):
-        same = fx[:, None] == fy[None, :]
-        if usable is not None:
-            same = same & usable[0][:, None] & usable[1][None, :]
-        return d.masked_fill(same, 0.0)
     n = fx.shape[0]
     keys = fx if y is None else torch.cat([fx, fy])
     _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)

@@ -25,9 +25,10 @@ from torch import Tensor
 from .._validation import (
     check_embeddings,
     check_finite_result,
-    check_labels,
     check_loss_inputs,
     check_margin_dtype,
+    check_reference_set,
+    check_triplet_indices,
     compute_dtype,
     outside_autocast,
 )
@@ -68,16 +69,7 @@ def _check(
     embeddings, labels = check_loss_inputs(embeddings, labels, min_rows=1 if ref is not None else min_rows)
     check_margin_dtype(margin_fn.margin, compute_dtype(embeddings).dtype)
     if ref is not None:
-        check_embeddings(ref, name="ref", min_rows=1)
-        if ref.shape[1] != embeddings.shape[1]:
-            raise ValueError(f"ref has {ref.shape[1]} dimensions but the embeddings have {embeddings.shape[1]}")
-        if ref_labels is None:
-            raise ValueError("ref_labels are required with ref")
-        check_labels(ref_labels, ref.shape[0], name="ref_labels", of="ref")
-        if ref_self_index is not None:
-            check_labels(ref_self_index, embeddings.shape[0], name="ref_self_index")
-            if ref_self_index.numel() and (int(ref_self_index.min()) < -1 or int(ref_self_index.max()) >= len(ref)):
-                raise ValueError(f"ref_self_index must lie in [-1, {len(ref)})")
+        check_reference_set(embeddings, ref, ref_labels, ref_self_index, name="ref")
     return labels
 
 
@@ -108,22 +100,8 @@ def triplet_margin_loss(
         check_margin_dtype(margin_fn.margin, compute_dtype(embeddings).dtype)
         if ref is not None:
             check_embeddings(ref, name="ref", min_rows=1)
-        sizes = {"anchor": embeddings.shape[0]}
         other = embeddings.shape[0] if ref is None else ref.shape[0]
-        for name, idx in (
-            ("anchor", triplets.anchor),
-            ("positive", triplets.positive),
-            ("negative", triplets.negative),
-        ):
-            if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
-                raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
-            if idx.shape != triplets.anchor.shape:
-                raise ValueError(
-                    f"triplet index tensors differ in length: anchor {tuple(triplets.anchor.shape)}, {name} {tuple(idx.shape)}"
-                )
-            bound = sizes.get(name, other)
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= bound):
-                raise ValueError(f"triplet {name} indices must lie in [0, {bound})")
+        check_triplet_indices(triplets.anchor, triplets.positive, triplets.negative, embeddings.shape[0], other)
         if triplets.valid.shape != triplets.anchor.shape or triplets.valid.dtype != torch.bool:
             raise ValueError("triplets.valid must be a bool tensor as long as the triplets")
     x = compute_dtype(embeddings)

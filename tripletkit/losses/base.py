@@ -11,6 +11,7 @@ from .._validation import (
     check_labels,
     check_margin,
     check_margin_dtype,
+    check_reference_set,
     compute_dtype,
 )
 from ..distances import DISTANCES, Distance
@@ -78,27 +79,9 @@ class TripletLossBase(nn.Module):
             return {}
         if self.gather_distributed:
             raise ValueError("ref_embeddings cannot be combined with gather_distributed")
-        check_embeddings(ref_embeddings, name="ref_embeddings", min_rows=1, values=self.validate)
-        if ref_embeddings.shape[1] != embeddings.shape[1]:
-            raise ValueError(
-                f"ref_embeddings have {ref_embeddings.shape[1]} dimensions but the embeddings have {embeddings.shape[1]}"
-            )
-        if ref_labels is None:
-            raise ValueError("ref_labels are required with ref_embeddings")
-        ref_labels = check_labels(
-            ref_labels, ref_embeddings.shape[0], device=embeddings.device, name="ref_labels", of="ref_embeddings"
+        ref, ref_labels, ref_self_index = check_reference_set(
+            embeddings, ref_embeddings, ref_labels, ref_self_index, values=self.validate
         )
-        ref = ref_embeddings.to(embeddings.device)
-        if ref_self_index is not None:
-            ref_self_index = check_labels(
-                ref_self_index, embeddings.shape[0], device=embeddings.device, name="ref_self_index"
-            ).long()
-            if (
-                self.validate
-                and ref_self_index.numel()
-                and (int(ref_self_index.min()) < -1 or int(ref_self_index.max()) >= ref.shape[0])
-            ):
-                raise ValueError(f"ref_self_index must lie in [-1, {ref.shape[0]}) for {ref.shape[0]} reference rows")
         return {"ref": ref, "ref_labels": ref_labels, "ref_self_index": ref_self_index}
 
     def _prepare(

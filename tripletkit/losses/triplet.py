@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_embeddings, check_finite_result, check_margin_dtype, compute_dtype
+from .._validation import (
+    check_embeddings,
+    check_finite_result,
+    check_margin_dtype,
+    check_triplet_indices,
+    compute_dtype,
+)
 from ..distances import Distance
 from ..functional.losses import triplet_margin_loss
 from ..functional.miners import Triplets
@@ -130,15 +136,7 @@ class TripletLoss(TripletLossBase):
             (a, p, neg), valid, swap_rows = triplets, None, None
         else:
             raise TypeError("triplets must be a Triplets or a tuple (anchor, positive, negative) of index tensors")
-        for name, idx in (("anchor", a), ("positive", p), ("negative", neg)):
-            if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
-                raise TypeError(f"triplet {name} indices must be a 1-D int32/int64 tensor")
-            if idx.shape != a.shape:
-                raise ValueError(
-                    f"triplet index tensors differ in length: anchor {tuple(a.shape)}, {name} {tuple(idx.shape)}"
-                )
-            if self.validate and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-                raise ValueError(f"triplet {name} indices must lie in [0, {n}) for {n} embeddings")
+        check_triplet_indices(a, p, neg, n, n, values=self.validate)
         dev = embeddings.device
         a, p, neg = a.to(dev).long(), p.to(dev).long(), neg.to(dev).long()
         if valid is None:
