@@ -194,8 +194,9 @@ def test_swap_with_tied_hardest_positives_follows_the_tie_rule_in_every_dtype(se
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6), dtype
 
 
-def test_swap_tie_case_that_used_to_depend_on_the_dtype():
-    # anchor 0 at the origin; positives 1 and 2 tie at distance 5; 2 has a nearer negative (3) than 1 (4)
+def test_swap_tie_case_by_hand_in_every_dtype():
+    # anchor 0 at the origin; positives 1 and 2 tie at distance 5; 2 has a nearer negative (3) than 1 (4): the rule
+    # picks positive 1, whose own nearest negative is farther (the Hypothesis case above found the dtype dependence)
     x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [4.0, 3.0], [4.0, 6.5], [-3.0, 11.0], [40.0, 40.0]])
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     from tripletkit.testing import reference as ref

@@ -167,6 +167,15 @@ def class_members(labels: Tensor, max_class_size: int | None = None) -> ClassMem
     return ClassMembers(members, inside & (members != self_index), size)
 
 
+def _label_runs(labels: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``order`` sorts the reference labels (stably); each query label's run in that order starts at ``start`` and
+    has ``size`` rows (0 when the label is absent)."""
+    order = torch.argsort(ref_labels, stable=True)
+    ordered = ref_labels[order].contiguous()
+    start = torch.searchsorted(ordered, labels.contiguous(), right=False)
+    return order, start, torch.searchsorted(ordered, labels.contiguous(), right=True) - start
+
+
 def ref_members(
     labels: Tensor, ref_labels: Tensor, *, self_index: Tensor | None = None, max_class_size: int | None = None
 ) -> ClassMembers:
@@ -179,10 +188,7 @@ def ref_members(
     ``max_class_size`` bounds the members per query (static shapes); otherwise it is read from the labels."""
     m = ref_labels.shape[0]
     device = labels.device
-    order = torch.argsort(ref_labels, stable=True)
-    ordered = ref_labels[order].contiguous()
-    start = torch.searchsorted(ordered, labels.contiguous(), right=False)
-    size = torch.searchsorted(ordered, labels.contiguous(), right=True) - start
+    order, start, size = _label_runs(labels, ref_labels)
     if max_class_size is None:
         max_class_size = max(1, int(size.max())) if size.numel() else 1
     elif not _static(labels) and size.numel() and int(size.max()) > max_class_size:
@@ -265,10 +271,7 @@ def random_triplets_ref(
 ) -> Triplets:
     """One uniformly random reference positive (never ``self_index``) and negative per query row."""
     n, m = labels.shape[0], ref_labels.shape[0]
-    order = torch.argsort(ref_labels, stable=True)
-    ordered = ref_labels[order].contiguous()
-    start = torch.searchsorted(ordered, labels.contiguous(), right=False)
-    size = torch.searchsorted(ordered, labels.contiguous(), right=True) - start
+    order, start, size = _label_runs(labels, ref_labels)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(m, device=labels.device)
     if self_index is None:

@@ -55,7 +55,8 @@ class BatchHardLoss(TripletLossBase):
         swap: the anchor swap (see above).
         max_class_size: the largest class in any batch (``K`` for S×K batches): keeps shapes static under
             ``torch.compile``/XLA while using the fast mining path. Default: read from the labels in eager mode.
-        validate: check for NaN/inf embeddings (one host sync per call; skipped under ``torch.compile``).
+        validate: check for NaN/inf embeddings and for a finite loss (two host syncs per call; skipped under
+            ``torch.compile`` and on XLA).
         gather_distributed: mine over the batches of all replicas ([`tripletkit.distributed`][tripletkit.distributed]: the gradient
             reaches the local slice only and is scaled by the world size, so DDP's average equals one process on
             the concatenated batch).
