@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -16,9 +17,25 @@ import numpy as np
 
 from tripletkit.training.atomic import atomic_open
 
-__all__ = ["IMAGE_TYPES", "DescriptorSet", "read_descriptor_dir", "write_descriptor_dir", "DescriptorFileError"]
+__all__ = [
+    "IMAGE_TYPES",
+    "DescriptorSet",
+    "read_descriptor_dir",
+    "write_descriptor_dir",
+    "DescriptorFileError",
+    "valid_sequence_name",
+]
 
 IMAGE_TYPES = ("ref",) + tuple(f"{level}{i}" for level in "eht" for i in range(1, 6))
+
+
+_SEQUENCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def valid_sequence_name(name: object) -> bool:
+    """Whether a sequence name read from a file is safe as a path component: letters, digits, ``_ . -``, no
+    separators, no ``..`` (``../x`` in a splits file would reach outside the data folder)."""
+    return isinstance(name, str) and _SEQUENCE_NAME.fullmatch(name) is not None and ".." not in name
 
 
 class DescriptorFileError(ValueError):
@@ -114,8 +131,8 @@ def read_descriptor_dir(
     if not root.is_dir():
         raise DescriptorFileError(f"{root}: not a directory")
     seqs = sorted(p.name for p in root.iterdir() if p.is_dir()) if sequences is None else list(sequences)
-    for seq in seqs:  # names from a splits file become path components
-        if not isinstance(seq, str) or not seq or "/" in seq or "\\" in seq or seq in (".", "..") or ".." in seq:
+    for seq in seqs if sequences is not None else ():  # names from a splits file become path components
+        if not valid_sequence_name(seq):
             raise DescriptorFileError(f"{root}: {seq!r} is not a valid sequence name")
     data: dict[str, dict[str, np.ndarray]] = {}
     dim = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tripletkit.training.atomic import atomic_open
+from tripletkit_hpatches.descriptors import valid_sequence_name
 
 __all__ = [
     "Split",
@@ -40,15 +40,11 @@ class TaskFileError(ValueError):
     """A task file that is missing or malformed; the message names the file (and the line)."""
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
 def check_sequence_name(name: object, where: str) -> str:
-    """A sequence name read from a file becomes a path component: letters, digits, ``_ . -``, no separators, no
-    ``..`` (``../x`` or ``/etc`` in a splits file would reach outside the data folder)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    """A sequence name read from a file becomes a path component (`valid_sequence_name`)."""
+    if not valid_sequence_name(name):
         raise TaskFileError(f"{where}: {name!r} is not a valid sequence name (letters, digits, _ . - only)")
-    return name
+    return name  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,7 @@ def _read_table(
     for c in names:
         values = df[c].to_numpy(object)
         for r, v in enumerate(values):
-            if not _NAME.fullmatch(v) or ".." in v:
+            if not valid_sequence_name(v):
                 raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {v!r}, not a valid sequence name")
     return df
 
