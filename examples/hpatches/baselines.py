@@ -44,8 +44,12 @@ def sift_descriptors(patches: np.ndarray, batch_size: int = 1024) -> np.ndarray:
 def model_descriptors(
     model: torch.nn.Module, input_size: int = 32, batch_size: int = 1024, device: str | torch.device = "cpu"
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A describe function for a trained network that takes (B, 1, s, s) float patches in [0, 255]."""
+    """A describe function for a trained network that takes (B, 1, s, s) float patches in [0, 255].
+
+    On an XLA device the last chunk is padded to ``batch_size`` (zeros, dropped after): every chunk is then one
+    shape, and the graph compiles once, not once per remainder."""
     device = torch.device(device)
+    pad = device.type == "xla"
 
     def run(patches: np.ndarray) -> np.ndarray:
         small = resize_patches(patches, input_size) if patches.shape[-1] != input_size else patches
@@ -53,8 +57,12 @@ def model_descriptors(
         out = []
         with torch.no_grad():
             for b0 in range(0, len(small), batch_size):
-                x = torch.from_numpy(np.asarray(small[b0 : b0 + batch_size], dtype=np.float32))[:, None].to(device)
-                out.append(model(x).float().cpu().numpy())
+                chunk = np.asarray(small[b0 : b0 + batch_size], dtype=np.float32)
+                n = len(chunk)
+                if pad and n < batch_size:
+                    chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
+                x = torch.from_numpy(chunk)[:, None].to(device)
+                out.append(model(x).float().cpu().numpy()[:n])
         return np.concatenate(out)
 
     return run

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "PRESETS", "INIT_FROM", "DEFAULTS", "TRAINING_FLAGS", "Config", "build_parser", "resolve", "parse"]
+__all__ = [
+    "STAGES",
+    "PRESETS",
+    "INIT_FROM",
+    "DEFAULTS",
+    "TRAINING_FLAGS",
+    "LEGACY_FLAG_VALUES",
+    "Config",
+    "build_parser",
+    "resolve",
+    "parse",
+]
 
 STAGES = ("denoise", "descriptor", "evaluate")
 
@@ -102,7 +113,10 @@ TRAINING_FLAGS = (
     "patience",
     "augment",
     "memory",
+    "judge_every",
 )
+# what a checkpoint written before a training flag existed trained with
+LEGACY_FLAG_VALUES: dict[str, Any] = {"judge_every": 1}
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
 DEFAULTS: dict[str, Any] = dict(
@@ -203,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--checkpoint-every", type=int, default=50)
     g.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
+    g.add_argument(
+        "--judge-every",
+        type=int,
+        default=None,
+        help="read the training losses to the host (log, scheduler) every N steps, with one transfer; "
+        "a stage change then takes effect up to N-1 steps later (default: 1 on the CPU, 10 on CUDA and XLA)",
+    )
     g = p.add_argument_group("evaluation")
     g.add_argument("--verification-pairs", type=int, default=50_000)
     g.add_argument("--queries", type=int, default=1000)
@@ -251,6 +272,7 @@ class Config:
     memory: int
     checkpoint_every: int
     monitor_every: int
+    judge_every: int | None
     verification_pairs: int
     queries: int
     shared_denoise: bool = False  # set by --experiment all: the denoiser output was copied from another preset
@@ -266,6 +288,13 @@ class Config:
         return self.replace(
             denoise_steps=max(1, math.ceil(self.denoise_epochs * train_pairs / (self.denoise_batch * world)))
         )
+
+    def for_device(self, device_type: str) -> Config:
+        """``judge_every`` from the device: every step on the CPU (a read costs nothing there), every 10 steps on an
+        accelerator, where each read is a host sync (and, on torch-xla, one transfer)."""
+        if self.judge_every is not None:
+            return self
+        return self.replace(judge_every=1 if device_type == "cpu" else 10)
 
     def training_flags(self) -> dict[str, Any]:
         """The values of :data:`TRAINING_FLAGS`, as recorded in a checkpoint."""
@@ -318,6 +347,8 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     for name in ("epochs", "denoise_epochs"):
         if values[name] is not None and not values[name] > 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {values[name]}")
+    if values["judge_every"] is not None and values["judge_every"] < 1:
+        raise SystemExit(f"error: --judge-every must be >= 1, got {values['judge_every']}")
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")
     values.update(stages=stages, stages_sk=_stages_sk(values["stages_sk"]))

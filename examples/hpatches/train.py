@@ -58,6 +58,7 @@ def run(cfg: Config, rt: Runtime) -> dict:
         data = data_folder(cfg.data, cfg.sequences, cfg.out, cfg.seed, progress)
     ds, split = load_data(data, cfg.seed, progress)
     cfg = cfg.replace(data=data, sequences=None).for_data(16 * sum(ds.num_patches(s) for s in split["train"]), rt.world)
+    cfg = cfg.for_device(rt.device.type)
     if rt.main:
         config = cfg.as_json() | {
             "synthetic_data": ds.synthetic,

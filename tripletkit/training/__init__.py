@@ -1,6 +1,10 @@
 """Building blocks for a stepped-batch training loop, for any model and any labelled dataset.
 
 * [`SteppedBatches`][tripletkit.training.batches.SteppedBatches]: S×K index batches whose shape follows the stepped-batch schedule (sampler + scheduler).
+* [`LossBuffer`][tripletkit.training.loss_buffer.LossBuffer]: the step's losses kept on the device and read with one transfer
+  every n steps (no host sync inside a CUDA or torch-xla step).
+* [`init_optimizer_state()`][tripletkit.training.optim.init_optimizer_state]: Adam's or SGD's state made before the first
+  step, so that a compiled or torch-xla step is one graph from the start.
 * [`CollapseProbe`][tripletkit.training.probe.CollapseProbe] and [`probe_indices()`][tripletkit.training.probe.probe_indices]: a fixed probe batch judged in eval mode by a collapse monitor.
 * [`TrainingCheckpoint`][tripletkit.training.checkpoint.TrainingCheckpoint]: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
   written atomically and loaded without unpickling code.
@@ -28,18 +32,22 @@ A plain PyTorch loop (the README's example)::
 from .atomic import atomic_open, atomic_save, atomic_write_bytes, atomic_write_text
 from .batches import SteppedBatches
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
+from .loss_buffer import LossBuffer
+from .optim import init_optimizer_state
 from .probe import CollapseProbe, probe_indices
 from .rng import rng_state, set_rng_state
 
 __all__ = [
     "CheckpointError",
     "CollapseProbe",
+    "LossBuffer",
     "SteppedBatches",
     "TrainingCheckpoint",
     "atomic_open",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "init_optimizer_state",
     "load_checkpoint",
     "probe_indices",
     "rng_state",

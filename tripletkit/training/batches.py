@@ -46,6 +46,10 @@ class SteppedBatches:
             Under DDP each replica draws its own shard and the scheduler judges the replicas' *mean* loss, so all
             replicas change stage at the same step.
         on_change: callbacks called with each [`StageChange`][tripletkit.schedulers.StageChange].
+        reduce: under DDP, all-reduce the losses given to `step()` before judging them. ``False`` when the loop
+            hands over the replicas' mean already (e.g. read from a
+            [`LossBuffer`][tripletkit.training.loss_buffer.LossBuffer] with ``reduce=True``), so that it is not
+            reduced a second time.
 
     ``state_dict()`` holds the sampler position (epoch, batch index), the scheduler and the losses not yet judged;
     the sampler has no other random state, so ``load_state_dict`` continues with exactly the batch an uninterrupted
@@ -77,6 +81,7 @@ class SteppedBatches:
         rank: int | None = None,
         world_size: int | None = None,
         on_change: Sequence[Callable[[StageChange], None]] = (),
+        reduce: bool = True,
     ) -> None:
         if isinstance(judge_every, bool) or not isinstance(judge_every, int) or judge_every < 1:
             raise ValueError(f"judge_every must be a positive int, got {judge_every!r}")
@@ -106,6 +111,7 @@ class SteppedBatches:
                     f"stage {i} ({s}x{k}) needs {s} classes with at least {k} samples; the labels have {usable}"
                 )
         self.judge_every = judge_every
+        self.reduce = reduce
         self._pending: list[Tensor | float] = []
         self.steps = 0
 
@@ -150,15 +156,21 @@ class SteppedBatches:
 
     def _collect(self) -> list[float]:
         pending, self._pending = self._pending, []
-        if not distributed.is_distributed() and all(not isinstance(p, Tensor) for p in pending):
+        reduce = self.reduce and distributed.is_distributed()
+        if not reduce and all(not isinstance(p, Tensor) for p in pending):
             return [float(p) for p in pending]
         tensors = [p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=torch.float64) for p in pending]
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
         device = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
         stacked = torch.stack([t.to(device, dtype) for t in tensors])
-        if distributed.is_distributed():
+        if reduce:
             stacked = distributed.all_reduce_mean_tensor(stacked)
         return stacked.cpu().tolist()  # the one device-to-host transfer per judge_every steps
+
+    @property
+    def unjudged(self) -> int:
+        """How many losses `step()` holds until the next judgement (fewer than ``judge_every``)."""
+        return len(self._pending)
 
     # ------------------------------------------------------------------ shape
     @property

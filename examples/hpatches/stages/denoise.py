@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tripletkit.training import atomic_open, atomic_save, atomic_write_text
+from tripletkit.training import LossBuffer, atomic_open, atomic_save, atomic_write_text, init_optimizer_state
 from tripletkit_hpatches.config import Config
 from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.models import build_denoiser
@@ -59,8 +59,12 @@ def run_denoise(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: 
     if device.type == "cuda":  # the training patches stay on the GPU: no host-to-device copy per step
         x, clean = x.to(device), clean.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.denoise_lr)
+    init_optimizer_state(opt)
+    rt.end_step()  # on XLA the model's zero scalars become device data here: step 1 is then the same graph as the rest
     rng = np.random.default_rng(cfg.seed + rt.rank)  # each replica draws its own batches
     rows = ["step,l1,identity_l1"]
+    # both L1s stay on the device and are read every judge_every steps with one transfer each
+    l1s, identity = LossBuffer(cfg.judge_every), LossBuffer(cfg.judge_every)
     for step in tqdm(range(1, cfg.denoise_steps + 1), desc="denoise", disable=cfg.quiet):
         idx = torch.from_numpy(rng.integers(0, len(x), cfg.denoise_batch)).to(x.device)
         xb = x[idx].float()[:, None].to(device).contiguous(memory_format=torch.channels_last)
@@ -71,9 +75,12 @@ def run_denoise(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        l1s.append(loss)
+        identity.append((xb - cb).abs().mean())
         rt.end_step()
-        if rt.main:
-            rows.append(f"{step},{loss.item():.4f},{(xb - cb).abs().mean().item():.4f}")
+        if len(l1s) == cfg.judge_every or step == cfg.denoise_steps:
+            first = step - len(l1s) + 1
+            rows += [f"{first + i},{a:.4f},{b:.4f}" for i, (a, b) in enumerate(zip(l1s.read(), identity.read()))]
     if not rt.main:
         return
     atomic_write_text(cfg.out / "denoise_log.csv", "\n".join(rows) + "\n")

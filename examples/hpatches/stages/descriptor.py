@@ -16,19 +16,20 @@ import numpy as np
 import torch
 
 from tripletkit import LOSSES, CrossBatchMemory, OfflineMiner
-from tripletkit.distributed import all_reduce_mean
 from tripletkit.training import (
     CheckpointError,
     CollapseProbe,
+    LossBuffer,
     SteppedBatches,
     TrainingCheckpoint,
     atomic_save,
     atomic_write_text,
+    init_optimizer_state,
     load_checkpoint,
     probe_indices,
 )
 from tripletkit_hpatches.baselines import describe, model_descriptors
-from tripletkit_hpatches.config import Config
+from tripletkit_hpatches.config import LEGACY_FLAG_VALUES, Config
 from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.evaluate import evaluate_matching
@@ -143,9 +144,9 @@ def _check_flags(cfg: Config, saved: dict, path: Path) -> None:
     """A resume trains what the checkpoint trained: a changed training flag is refused, listing every change."""
     now = cfg.training_flags()
     changed = [
-        f"--{k.replace('_', '-')}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now"
+        f"--{k.replace('_', '-')}: {saved.get(k, LEGACY_FLAG_VALUES.get(k))!r} in the checkpoint, {now[k]!r} now"
         for k in now
-        if saved.get(k) != now[k]
+        if saved.get(k, LEGACY_FLAG_VALUES.get(k)) != now[k]
     ]
     if changed and not cfg.allow_changed_flags:
         raise SystemExit(
@@ -204,6 +205,10 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         else None
     )
     opt = _optimizer(cfg, model)
+    init_optimizer_state(opt)  # the first step is the same graph as the rest (XLA, compile); a resume overwrites it
+    # on XLA the model's zero scalars (BatchNorm's counters) become device data here, not constants of step 1's graph;
+    # before the restore, which sets the XLA RNG that this sync would move on
+    rt.end_step()
     stepped = cfg.scheduler == "stepped_batch"
     batches = SteppedBatches(
         labels,
@@ -212,10 +217,16 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         patience=cfg.patience,
         guard=True,
         guard_patience=4 * cfg.patience,
+        judge_every=cfg.judge_every,
         seed=cfg.seed,
         rank=rt.rank,
         world_size=rt.world,
+        reduce=False,  # the loss buffer below hands over the replicas' mean
     )
+    # the losses stay on the device until the scheduler judges them (or the log, probe or checkpoint needs them):
+    # a torch-xla step is then one graph with no transfer, a CUDA step has no host sync
+    losses = LossBuffer(cfg.judge_every, reduce=rt.ddp and not loss_fn.gather_distributed)
+    buffered: list[int] = []  # the steps whose losses the buffer holds
     idx = torch.tensor(probe_indices(labels, S=64, K=4, seed=cfg.seed + 1))
     probe = CollapseProbe(
         loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every
@@ -243,7 +254,9 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         _rewind_log(map_log, "step,matching_map", step)
     # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
-    curve = _curve_patches(split["test"], den) if rt.main and cfg.eval_every > 0 and not rt.xla else None
+    curve = _curve_patches(split["test"], den) if rt.main and cfg.eval_every > 0 else None
+    # on XLA the curve runs in chunks of the probe's size: the eval graph the probe compiled serves both
+    describe_batch = len(idx) if rt.xla else 1024
     net.train()
     bar = tqdm(
         total=budget if budget is not None else cfg.steps,
@@ -280,30 +293,43 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(loss)  # before the step boundary: the buffer's update is part of the step's graph
             rt.end_step()
             step += 1
+            buffered.append(step)
             used = xb.shape[0] * rt.world
             seen += used
-            batches.step(loss)  # under DDP the stage follows the replicas' mean loss
-            value = float(loss.detach())
-            if rt.ddp and not loss_fn.gather_distributed:  # a gathered loss is already the global one
-                value = all_reduce_mean(value)
-            if f is not None:
-                f.write(f"{step},{value:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
-            postfix = {"loss": f"{value:.3f}", "batch": batches.batch_size * rt.world}
-            if rt.main:
-                stats = probe(model, step, value)  # a CollapseWarning says when the descriptors collapse
-                if stats is not None:
-                    postfix["spread"] = f"{stats.mean_distance:.3f}"
-            bar.set_postfix(postfix)
             bar.update(used if budget is not None else 1)
             finished = (step == cfg.steps) if budget is None else (seen >= budget)
-            if curve is not None and (step % cfg.eval_every == 0 or finished):
-                score = evaluate_matching(describe(curve, model_descriptors(model, device=device)), curve)["mean"]
+            curve_due = curve is not None and (step % cfg.eval_every == 0 or finished)
+            ckpt_due = step % cfg.checkpoint_every == 0 or finished
+            # read when the scheduler judges (so stage changes do not depend on the other reasons), or when the
+            # log, the probe, the curve or the checkpoint needs the losses
+            if (
+                len(losses) + batches.unjudged >= cfg.judge_every
+                or finished
+                or ckpt_due
+                or curve_due
+                or probe.due(step)
+            ):
+                for at, value in zip(buffered, losses.read()):
+                    batches.step(value)  # under DDP: the replicas' mean (the buffer reduced it)
+                    if f is not None:
+                        f.write(f"{at},{value:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
+                buffered.clear()
+                postfix = {"loss": f"{value:.3f}", "batch": batches.batch_size * rt.world}
+                if rt.main:
+                    stats = probe(model, step, value)  # a CollapseWarning says when the descriptors collapse
+                    if stats is not None:
+                        postfix["spread"] = f"{stats.mean_distance:.3f}"
+                bar.set_postfix(postfix)
+            if curve_due:
+                describe_fn = model_descriptors(model, batch_size=describe_batch, device=device)
+                score = evaluate_matching(describe(curve, describe_fn), curve)["mean"]
                 model.train()
                 with map_log.open("a") as m:
                     m.write(f"{step},{score:.6f}\n")
-            if step % cfg.checkpoint_every == 0 or finished:
+            if ckpt_due:
                 if f is not None:
                     f.flush()
                 ckpt.save(step=step, seen=seen, train_patches=len(labels), mined=mined, flags=cfg.training_flags())
