@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 __all__ = ["Runtime", "pick_device", "pick_precision", "setup_runtime", "require_xla"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,13 +70,22 @@ class Runtime:
             torch_xla.sync()
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the training loop calls: DDP across replicas, then ``torch.compile`` if asked."""
+        """The module the training loop calls: DDP across replicas (compile it with `compiled`)."""
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
-        return torch.compile(model) if self.compile else model
+        return model
+
+    def compiled(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` under ``torch.compile`` when ``--compile`` is given, else ``fn``.
+
+        One graph (``fullgraph=True``): a graph break anywhere in it, the loss included, is an error rather than a
+        silent slowdown. Under DDP the graph is split at DDP's gradient buckets by design, so there it may break."""
+        if not self.compile:
+            return fn
+        return torch.compile(fn, fullgraph=not self.ddp)
 
     def close(self) -> None:
         if self.ddp:

@@ -53,7 +53,7 @@ def run_denoise(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], rt: 
             save_npz(out, ds.noisy)
         return
     model = model.to(device).to(memory_format=torch.channels_last)
-    net = rt.wrap(model)
+    net = rt.compiled(rt.wrap(model))
     x_np, _, clean_np = ds.training_arrays(split["train"], noisy=True)
     x, clean = torch.from_numpy(np.ascontiguousarray(x_np)), torch.from_numpy(np.ascontiguousarray(clean_np))
     if device.type == "cuda":  # the training patches stay on the GPU: no host-to-device copy per step

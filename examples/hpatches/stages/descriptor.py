@@ -199,6 +199,19 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             raise SystemExit("error: --memory is not available under DDP (each replica would keep its own queue)")
         xbm = CrossBatchMemory(loss_fn, embedding_size=L2Net.DIM, memory_size=cfg.memory).to(device)
     train_loss = xbm if xbm is not None else loss_fn
+
+    # --compile: the step's forward, loss included, is one graph. The memory reads its fill level (eager), the
+    # offline miner's triplets change size and the random miner draws from its own generator (which a graph cannot
+    # hold), so with those only the network is compiled.
+    whole = xbm is None and cfg.miner not in ("offline", "random")
+    embed = net if whole else rt.compiled(net)
+
+    def embed_and_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with rt.autocast():
+            emb = embed(xb)
+        return train_loss(emb.float(), yb)
+
+    forward = rt.compiled(embed_and_loss) if whole else embed_and_loss
     offline = (
         OfflineMiner(distance=cfg.distance, positive="random", negative="hardest", seed=cfg.seed)
         if cfg.miner == "offline"
@@ -277,7 +290,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
                 xb = x_all[sel].to(device).contiguous(memory_format=torch.channels_last)
                 r = torch.arange(b, device=device)
                 with rt.autocast():
-                    emb = net(xb)
+                    emb = embed(xb)
                 loss = loss_fn(emb.float(), triplets=(r, r + b, r + 2 * b))
             else:
                 sel = batches.next_tensor(x_all.device)
@@ -287,9 +300,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
                     .to(device)
                     .contiguous(memory_format=torch.channels_last)
                 )
-                with rt.autocast():
-                    emb = net(xb)
-                loss = train_loss(emb.float(), yb.to(device))
+                loss = forward(xb, yb.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
