@@ -279,6 +279,12 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument(
+        "--gpu",
+        type=Path,
+        default=ROOT / "bench" / "results_gpu.json",
+        help="the JSON of `python -m bench.gpu` (its tables go in when the file exists)",
+    )
     a = p.parse_args()
     df, machine = load(a.json)
     eval_md = evaluation_table(a.json)
@@ -368,9 +374,40 @@ def main() -> None:
             study_md,
             "",
         ]
+    header += accelerator_section(a.gpu)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(header))
     print(f"\nwrote {a.out} and {png}")
+
+
+def accelerator_section(gpu_json: Path) -> list[str]:
+    """What has run on which accelerator: the GPU script's tables when its JSON exists, else that none has run."""
+    lines = [
+        "## Accelerators",
+        "",
+        "- **torch-xla (CPU backend)**: the XLA lane of `.ci/run` asserts one graph and at most one transfer per",
+        "  steady-state `train.py` step and at most two compiles per stage (docs/testing.md). These are counts, not",
+        "  speeds: the CPU backend says nothing about a TPU's time.",
+        "- **TPU**: not run (none available).",
+    ]
+    if not gpu_json.exists():
+        return lines + [
+            "- **GPU**: not run. No GPU has been lent to this project yet. `python -m bench.gpu --out",
+            "  bench/results_gpu.json` is the one prepared script (at most 9 minutes; device correctness, the loss",
+            "  table against PML for N = 1024 to 16384, L2-Net and U-Net throughput at batch 1024 to 4096 in fp32, bf16",
+            "  and bf16 + compile, the study's denoise-epoch table). Its dry run (`--device cpu --quick`) is tested in",
+            "  CI. Targets: ≥ 100,000 L2-Net training patches/s on one H200; batch-hard at N = 16384 under 10 ms.",
+            "",
+        ]
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # run as a script, bench/ itself is on the path, not the package
+    from bench.gpu import markdown  # the script's own table layout
+
+    results = json.loads(gpu_json.read_text())
+    if results["info"].get("quick"):
+        raise SystemExit(f"{gpu_json}: a --quick dry run, not a measurement; run python -m bench.gpu on the GPU")
+    return lines + ["- **GPU**: `python -m bench.gpu`, one run:", "", markdown(results), ""]
 
 
 def _versions() -> str:
