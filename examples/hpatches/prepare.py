@@ -3,11 +3,14 @@
     python examples/hpatches/prepare.py extract --sequences DIR --out DIR [--max-patches 2000] [--seed 0]
     python examples/hpatches/prepare.py noise --data DIR --out DIR [--seed 0] [--strength 1.0]
     python examples/hpatches/prepare.py default [--out DIR] [--max-patches 300] [--force]
+    python examples/hpatches/prepare.py download patches|sequences|tasks [--out data] [--url MIRROR] [--sha256 HEX]
 
 ``extract``: every sequence folder under DIR (``1.png``…``6.png`` + ``H_1_2``…``H_1_6``; DIR may itself be one
 sequence) → the ``hpatches-release`` layout (65×65 columns), plus ``splits.json`` (seeded) and ``dataset.json``.
 ``noise``: an ``hpatches-release`` folder → the N-HPatches layout (32×32 ``<t>.png`` + ``<t>_noise.png``) with our
 documented noise model (not the original N-HPatches noise, which was never published).
+``download``: an official release (or ``--url`` mirror) with HTTP Range resume, size and digest checks, unpacked
+through a temporary folder and one rename (``tripletkit_hpatches.download``).
 ``default``: the embedded default, built once from scikit-image's photographs (synthetic sequences, labelled so),
 both layouts, cached under ``.cache/hpatches-default`` in the repository.
 """
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from tripletkit.training import atomic_write_text
 from tripletkit_hpatches.data import (
     load_dataset,
     make_splits,
@@ -27,6 +31,7 @@ from tripletkit_hpatches.data import (
     write_nhpatches_sequence,
     write_splits,
 )
+from tripletkit_hpatches.download import RELEASES, DownloadError, download_release
 from tripletkit_hpatches.extract import SequenceFileError, extract_sequence, load_sequence
 from tripletkit_hpatches.noise import noise_sequence
 from tripletkit_hpatches.patches import PatchFileError
@@ -63,12 +68,16 @@ def _summary(rows: list[list], title: str) -> str:
     )
 
 
-def extract_many(sequences, out: Path, max_patches: int, seed: int, synthetic: bool, progress: bool = True) -> dict:
+def extract_many(
+    sequences, out: Path, max_patches: int, seed: int, synthetic: bool, progress: bool = True, total: int | None = None
+) -> dict:
+    """Extract every sequence of ``sequences`` (an iterable: a generator loads one sequence at a time, so the 116 of
+    the sequence release are never all in memory)."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     rows, overlaps = [], {"e": [], "h": [], "t": []}
-    for seq in tqdm(sequences, desc="extracting", disable=not progress):
+    for seq in tqdm(sequences, desc="extracting", disable=not progress, total=total):
         r = extract_sequence(seq, max_patches=max_patches, seed=seed)
         write_hpatches_sequence(out, r.name, r.patches)
         rows.append(
@@ -86,7 +95,7 @@ def extract_many(sequences, out: Path, max_patches: int, seed: int, synthetic: b
         "median_overlap": {lv: float(sum(v) / len(v)) for lv, v in overlaps.items()},
         "sequences": {r[0]: r[1] for r in rows},
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=1))
     print(_summary(rows, f"{'SYNTHETIC ' if synthetic else ''}dataset written to {out}"))
     return meta
 
@@ -153,16 +162,36 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-patches", type=int, default=300)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true")
+    g = sub.add_parser("download", help="fetch and unpack an HPatches release (resumable, size and digest checked)")
+    g.add_argument("release", choices=list(RELEASES), help="patches (4.2 GB), sequences (1.3 GB) or tasks")
+    g.add_argument("--out", type=Path, default=REPO / "data", help="unpacks to OUT/<release folder> (default: data/)")
+    g.add_argument("--url", help="a mirror of the same archive (the known MD5 is still checked)")
+    g.add_argument("--sha256", help="the archive's SHA-256, checked before unpacking")
+    g.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after unpacking")
+    g.add_argument("--retries", type=int, default=5, help="resumes after a broken connection (default 5)")
+    g.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     try:
         if a.cmd == "extract":
-            seqs = [load_sequence(f) for f in _sequence_folders(a.sequences)]
-            extract_many(seqs, a.out, a.max_patches, a.seed, synthetic=False)
+            folders = _sequence_folders(a.sequences)
+            seqs = (load_sequence(f) for f in folders)
+            extract_many(seqs, a.out, a.max_patches, a.seed, synthetic=False, total=len(folders))
+        elif a.cmd == "download":
+            folder = download_release(
+                a.release,
+                a.out,
+                url=a.url,
+                sha256=a.sha256,
+                keep_archive=a.keep_archive,
+                retries=a.retries,
+                quiet=a.quiet,
+            )
+            print(folder)
         elif a.cmd == "noise":
             noise_dataset(a.data, a.out, a.seed, a.strength)
         else:
             build_default(a.out, a.max_patches, a.seed, a.force)
-    except (SequenceFileError, PatchFileError, ValueError) as err:
+    except (SequenceFileError, PatchFileError, DownloadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
