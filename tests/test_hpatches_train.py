@@ -334,7 +334,7 @@ def test_resume_refuses_changed_training_flags(tiny, tmp_path):
     main(args + ["--out", str(tmp_path), "--resume", "--lr", "0.01", "--steps", "7"])
 
 
-def test_compiled_training_step_matches_eager_without_graph_breaks(tiny, tmp_path, monkeypatch):
+def test_compiled_training_step_matches_eager_without_graph_breaks(tiny, tmp_path):
     """``--compile`` compiles the descriptor step's forward with the loss inside as one graph (fullgraph: a break is
     an error), and trains the same numbers as eager mode. Inductor's random ops fall back to eager's here, so
     dropout draws the same masks in both. fp32 (bf16 rounds differently in a fused kernel) and SGD (Adam's g/√v
@@ -343,14 +343,15 @@ def test_compiled_training_step_matches_eager_without_graph_breaks(tiny, tmp_pat
     import torch._inductor.config
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     args = ["--data", str(tiny), "--experiment", "bh128", "--denoiser", "none", "--stages", "denoise,descriptor"]
     args += ["--steps", "4", "--stages-sk", "4x2", "--eval-every", "0", "--precision", "fp32", "--optimizer", "sgd"]
     args += ["--lr", "0.01", "--threads", "1", "--quiet"]
     main(args + ["--out", str(tmp_path / "eager")])
     torch._dynamo.reset()
     counters.clear()
-    main(args + ["--out", str(tmp_path / "compiled"), "--compile"])
+    # inductor's own config switch, restored on exit (a monkeypatch of the config module hides the key afterwards)
+    with torch._inductor.config.patch(fallback_random=True):
+        main(args + ["--out", str(tmp_path / "compiled"), "--compile"])
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile
     eager = [r.split(",") for r in (tmp_path / "eager" / "log.csv").read_text().splitlines()[1:]]
