@@ -31,6 +31,8 @@ from tripletkit.functional import euclidean_matrix, squared_euclidean_matrix
 from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_from_neighbours, roc_auc
 from tripletkit.training.atomic import atomic_write_bytes, atomic_write_text
 from tripletkit_hpatches.descriptors import DescriptorSet, read_descriptor_dir
+from tripletkit_hpatches.published import is_official_split, published_for, published_table
+from tripletkit_hpatches.reference_results import read_reference_results, reference_summary, write_reference_results
 from tripletkit_hpatches.tasks import (
     Split,
     VerificationPairs,
@@ -399,9 +401,19 @@ def _jsonable(obj):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Evaluate HPatches descriptors (verification, matching, retrieval).")
-    p.add_argument("--descr-dir", required=True, type=Path, help="descriptor CSVs: DIR/<sequence>/<type>.csv")
+    p.add_argument("--descr-dir", type=Path, help="descriptor CSVs: DIR/<sequence>/<type>.csv")
+    p.add_argument("--tasks", type=Path, help="the benchmark's tasks folder (splits.json, verif_*, retr_*)")
     p.add_argument(
-        "--tasks", required=True, type=Path, help="the benchmark's tasks folder (splits.json, verif_*, retr_*)"
+        "--results-dir",
+        type=Path,
+        help="also write the reference benchmark's result files DIR/<descr-name>_<task>_<split>.p (its plotting "
+        "tools read them); with --read-results, read them instead of evaluating",
+    )
+    p.add_argument("--descr-name", help="the descriptor's name in --results-dir (default: the --descr-dir folder name)")
+    p.add_argument(
+        "--read-results",
+        action="store_true",
+        help="print the summary of the result files in --results-dir (ours or the benchmark's; no code is unpickled)",
     )
     p.add_argument("--split", default="a")
     p.add_argument("--delimiter", default=",")
@@ -417,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--figure", type=Path, help="write the bar chart here (PNG)")
     a = p.parse_args(argv)
+    if a.read_results:
+        return _print_reference_results(a)
+    if a.descr_dir is None or a.tasks is None:
+        p.error("--descr-dir and --tasks are required (unless --read-results)")
     try:
         sp = load_split(a.tasks, a.split)
         desc = read_descriptor_dir(a.descr_dir, sequences=sp.test, delimiter=a.delimiter)
@@ -433,9 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(results_table(result))
     print("\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timing_s"].items()))
+    published = [p.as_dict() for p in published_for(a.split)] if is_official_split(a.tasks, a.split, sp.test) else []
+    if published:
+        result["published"] = published
+        print("\n" + published_table(published, a.split))
+    name = a.descr_name or a.descr_dir.resolve().name
     for flag, path, write in (
         ("--json", a.json, lambda p: atomic_write_text(p, json.dumps(_jsonable(result), indent=1))),
         ("--figure", a.figure, lambda p: results_figure(result, p)),
+        ("--results-dir", a.results_dir, lambda p: write_reference_results(result, p, name)),
     ):
         if path is None:
             continue
@@ -445,6 +467,21 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: {flag} {path}: cannot write ({e.strerror or e})", file=sys.stderr)
             return 2
+    return 0
+
+
+def _print_reference_results(a: argparse.Namespace) -> int:
+    if a.results_dir is None or not a.descr_name:
+        print("error: --read-results needs --results-dir and --descr-name", file=sys.stderr)
+        return 2
+    try:
+        summary = reference_summary(read_reference_results(a.results_dir, a.descr_name, a.split))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.descr_name}, split {a.split} (mAP %, averaged as hpatches_results.py does):")
+    for task, value in summary.items():
+        print(f"  {task}: {value:.2f}")
     return 0
 
 
