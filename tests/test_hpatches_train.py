@@ -364,3 +364,57 @@ def test_compiled_training_step_matches_eager_without_graph_breaks(tiny, tmp_pat
         # the fused kernels sum in another order; through the per-patch normalisation that is up to 4e-5 here, where
         # a wrong or missing gradient would be off by the whole update (lr 0.01 × 4 steps)
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def _benchmark_like(root: Path) -> tuple[Path, Path]:
+    """N-HPatches data with 42 release-style sequence names and a tasks folder whose split ``a`` has the benchmark's
+    40 test sequences (small task files of its format)."""
+    import pandas as pd
+
+    from tripletkit_hpatches.data import write_nhpatches_sequence
+    from tripletkit_hpatches.descriptors import IMAGE_TYPES
+    from tripletkit_hpatches.noise import noise_sequence
+    from tripletkit_hpatches.tasks import generate_verification, write_verification
+
+    data, tasks = root / "data", root / "tasks"
+    rng = np.random.default_rng(0)
+    names = [f"{'iv'[k % 2]}_s{k:02d}" for k in range(42)]
+    for s in names:
+        base = np.kron(rng.integers(0, 256, (6, 8, 8)), np.ones((4, 4)))
+        clean = {t: np.clip(base + rng.normal(0, 5, base.shape), 0, 255).astype(np.uint8) for t in IMAGE_TYPES}
+        write_nhpatches_sequence(data, s, clean, noise_sequence(clean, s))
+    tasks.mkdir()
+    test, train = names[:40], names[40:]
+    (tasks / "splits.json").write_text(
+        json.dumps({"a": {"name": "a", "test": test, "train": train}, "full": {"name": "full", "test": names}})
+    )
+    write_verification(generate_verification(test, {s: 6 for s in test}, n_pairs=300, progress=False), tasks, "a")
+    cells = [(s, i) for s in test for i in range(6)]
+    pick = rng.permutation(len(cells))
+    pd.DataFrame([cells[i] for i in pick[:30]], columns=["s", "idx"]).to_csv(
+        tasks / "retr_queries_split-a.csv", index=False
+    )
+    pd.DataFrame([cells[i] for i in pick[30:150]], columns=["s", "idx"]).to_csv(
+        tasks / "retr_distractors_split-a.csv", index=False
+    )
+    return data, tasks
+
+
+def test_benchmark_tasks_train_on_the_split_and_put_published_results_beside_ours(tmp_path):
+    data, tasks = _benchmark_like(tmp_path)
+    args = ["--data", str(data), "--tasks", str(tasks), "--split", "a", "--denoiser", "none", "--steps", "2"]
+    args += ["--stages-sk", "2x2", "--eval-every", "0", "--threads", "1", "--quiet"]
+    main(args + ["--out", str(tmp_path / "run")])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["split"] == "a" and config["split_sequences"]["train"] == ["i_s40", "v_s41"]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    sift_a = [p for p in results["published"] if p["descriptor"] == "SIFT" and p["split"] == "a"]
+    assert sift_a and sift_a[0]["published"] is True and sift_a[0]["matching"] == 24.42  # the iago-suarez PDF value
+    assert all(0 <= results[m]["matching"] <= 1 for m in ("SIFT", "raw pixels"))
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "Published results, split a" in md and "HardNet+" in md and "published, not measured here" in md
+    assert (tmp_path / "run" / "comparison.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no training sequences"):
+        main(args[:4] + ["--split", "full"] + args[6:] + ["--out", str(tmp_path / "full")])
+    with pytest.raises(SystemExit, match="needs --tasks"):
+        main(["--data", str(data), "--split", "a", "--out", str(tmp_path / "x"), "--quiet"])

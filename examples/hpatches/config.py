@@ -114,9 +114,10 @@ TRAINING_FLAGS = (
     "augment",
     "memory",
     "judge_every",
+    "split",
 )
 # what a checkpoint written before a training flag existed trained with
-LEGACY_FLAG_VALUES: dict[str, Any] = {"judge_every": 1}
+LEGACY_FLAG_VALUES: dict[str, Any] = {"judge_every": 1, "split": None}
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
 DEFAULTS: dict[str, Any] = dict(
@@ -152,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: continue although flags that change training differ from the checkpoint's",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tasks",
+        type=Path,
+        help="the benchmark's tasks folder (prepare.py download tasks): train and test on its --split and evaluate "
+        "with its task files, with published results beside ours",
+    )
+    p.add_argument(
+        "--split", help="the benchmark split with --tasks (a, b or c: they have training sequences; default a)"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "xla"])
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
@@ -237,6 +247,8 @@ class Config:
     data: Path | None
     sequences: Path | None
     out: Path
+    tasks: Path | None
+    split: str | None
     stages: tuple[str, ...]
     experiment: str | None
     resume: bool
@@ -352,6 +364,10 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")
     values.update(stages=stages, stages_sk=_stages_sk(values["stages_sk"]))
+    if values["split"] is not None and values["tasks"] is None:
+        raise SystemExit("error: --split names a split of the benchmark's task files: it needs --tasks")
+    if values["tasks"] is not None and values["split"] is None:
+        values["split"] = "a"
     memory = values["memory"]
     if memory < 0:
         raise SystemExit(f"error: --memory must be >= 0, got {memory}")

@@ -13,10 +13,11 @@ from tripletkit.training import atomic_write_bytes, atomic_write_text, probe_ind
 from tripletkit_hpatches.config import Config
 from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.evaluate import results_figure
+from tripletkit_hpatches.published import published_table
 from tripletkit_hpatches.stages.data import class_labels
 from tripletkit_hpatches.stages.evaluate import OURS, Evaluation
 
-__all__ = ["write_results", "tsne_figure", "curves", "experiments_table"]
+__all__ = ["write_results", "comparison_figure", "tsne_figure", "curves", "experiments_table"]
 
 TASKS = ("verification", "matching", "retrieval")
 
@@ -57,9 +58,48 @@ def write_results(cfg: Config, ds: PatchDataset, ev: Evaluation) -> str:
         tabulate(table, headers=["descriptor", *TASKS], tablefmt="github", floatfmt=".4f"),
         "",
     ]
+    if ev.published:
+        md += [published_table(ev.published, cfg.split or ""), ""]
+        comparison_figure(ev.summary, ev.published, cfg.out / "comparison.png", cfg.split or "")
+        md += ["![ours beside published descriptors](comparison.png)", ""]
     text = "\n".join(md)
     atomic_write_text(cfg.out / "results.md", text)
     return text
+
+
+def comparison_figure(measured: dict[str, dict], published: list[dict], path: Path, split: str) -> None:
+    """One panel per task: the descriptors measured in this run (solid) and the published ones (hatched, labelled
+    "published"), sorted by score; mAP in %."""
+    plt = _plt()
+    rows = [(name, {t: 100 * r[t] for t in TASKS}, False) for name, r in measured.items()]
+
+    def short(name: str) -> str:  # the full names and sources are in results.md
+        return name if len(name) <= 30 else name[:29] + "…"
+
+    rows += [(f"{short(p['descriptor'])} (published)", {t: p[t] for t in TASKS}, True) for p in published]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 0.35 * len(rows) + 1.6))
+    for ax, task in zip(axes, TASKS):
+        have = sorted([r for r in rows if r[1][task] is not None], key=lambda r: r[1][task])
+        y = np.arange(len(have))
+        ax.barh(
+            y,
+            [r[1][task] for r in have],
+            color=["#bbbbbb" if r[2] else "#1f77b4" for r in have],
+            hatch=None,
+            edgecolor="k",
+        )
+        for yi, r in zip(y, have):
+            if r[2]:
+                ax.barh(yi, r[1][task], color="none", hatch="//", edgecolor="#555555")
+            ax.text(r[1][task] + 0.5, yi, f"{r[1][task]:.2f}", va="center", fontsize=8)
+        ax.set_yticks(y, [r[0] for r in have], fontsize=8)
+        ax.set_xlim(0, 105)
+        ax.set_title(f"{task} mAP %")
+    fig.suptitle(f"HPatches split {split}: this run (solid) beside published results (hatched)")
+    fig.tight_layout()
+    fig.subplots_adjust(wspace=0.75)
+    _save(fig, path)
+    plt.close(fig)
 
 
 def tsne_figure(cfg: Config, ds: PatchDataset, ev: Evaluation) -> None:

@@ -43,13 +43,19 @@ def data_folder(data: Path | None, sequences: Path | None, out: Path, seed: int,
     return data
 
 
-def load_data(data: Path, seed: int, progress: bool) -> tuple[PatchDataset, dict[str, list[str]]]:
-    """The dataset (noised with our model when it has no noisy patches) and its ``default`` (or ``a``) split."""
+def load_data(
+    data: Path, seed: int, progress: bool, tasks: Path | None = None, split_name: str | None = None
+) -> tuple[PatchDataset, dict[str, list[str]]]:
+    """The dataset (noised with our model when it has no noisy patches) and its split: the benchmark's
+    ``split_name`` from ``tasks`` when given (every one of its sequences must be in the data), else the data's
+    ``default`` (or ``a``) split."""
     ds = load_dataset(data, progress=progress)
     if not ds.noisy:  # clean release: noise it with our model so the denoiser has something to learn
         ds.noisy = {
             s: np.stack([noise_sequence(ds.patches(s), s, seed=seed)[t] for t in IMAGE_TYPES]) for s in ds.sequences
         }
+    if tasks is not None:
+        return ds, _benchmark_split(ds, data, tasks, split_name or "a")
     split_file = Path(data) / "splits.json"
     if split_file.exists():
         splits = json.loads(split_file.read_text())
@@ -60,6 +66,24 @@ def load_data(data: Path, seed: int, progress: bool) -> tuple[PatchDataset, dict
     if not split["train"] or not split["test"]:
         raise SystemExit(f"error: {data}: the split needs training and test sequences, got {split}")
     return ds, split
+
+
+def _benchmark_split(ds: PatchDataset, data: Path, tasks: Path, name: str) -> dict[str, list[str]]:
+    from tripletkit_hpatches.tasks import TaskFileError, load_split
+
+    try:
+        sp = load_split(tasks, name)
+    except (TaskFileError, ValueError) as e:
+        raise SystemExit(f"error: --tasks {tasks}: {e}") from None
+    if not sp.train:
+        raise SystemExit(f"error: split {name!r} of {tasks} has no training sequences; train on a, b or c")
+    missing = [s for s in (*sp.train, *sp.test) if s not in ds.clean]
+    if missing:
+        raise SystemExit(
+            f"error: {data} lacks {len(missing)} sequence(s) of split {name!r}: {', '.join(missing[:5])}"
+            + (" …" if len(missing) > 5 else "")
+        )
+    return {"train": list(sp.train), "test": list(sp.test)}
 
 
 def class_labels(ds: PatchDataset, sequences: list[str]) -> np.ndarray:

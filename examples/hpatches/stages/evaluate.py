@@ -17,6 +17,7 @@ from tripletkit_hpatches.data import PatchDataset
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.evaluate import evaluate
 from tripletkit_hpatches.models import L2Net
+from tripletkit_hpatches.published import is_official_split, published_for
 from tripletkit_hpatches.tasks import generate_verification, write_verification
 
 __all__ = ["Evaluation", "run_evaluate", "write_tasks"]
@@ -30,6 +31,7 @@ class Evaluation:
 
     summary: dict[str, dict]  # method -> verification / matching / retrieval mAP and the tie rule
     ours: dict  # our descriptor's full result (per task and level)
+    published: list[dict]  # other descriptors' published numbers for the same benchmark split (else empty)
     model: torch.nn.Module
     denoised: Any  # the NpzFile of denoised patches
     test: list[str]
@@ -93,10 +95,17 @@ def write_tasks(cfg: Config, ds: PatchDataset, den, test: list[str], train: list
 
 
 def run_evaluate(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], device: torch.device) -> Evaluation:
-    """Writes ``results.json`` (per method: the three mAPs and the tie rule)."""
+    """Writes ``results.json`` (per method: the three mAPs and the tie rule; with ``--tasks`` on one of the
+    benchmark's splits, also the published numbers for that split, each marked ``"published": true``).
+
+    With ``--tasks`` the benchmark's own task files are used (its verification files are generated with its own
+    generator from the real patch counts when the folder lacks them); otherwise the run writes its own."""
     den = np.load(cfg.out / "denoised.npz")
     test = split["test"]
-    tasks = write_tasks(cfg, ds, den, test, split["train"])
+    if cfg.tasks is not None:
+        tasks, split_name = cfg.tasks, cfg.split or "a"
+    else:
+        tasks, split_name = write_tasks(cfg, ds, den, test, split["train"]), "default"
     patches = {s: {t: den[s][k] for k, t in enumerate(IMAGE_TYPES)} for s in test}
     model = L2Net().to(device)
     model.load_state_dict(torch.load(cfg.out / "descriptor.pt", weights_only=True, map_location=device))
@@ -107,8 +116,12 @@ def run_evaluate(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], dev
     }
     results, full = {}, {}
     for name, fn in methods.items():
-        r = evaluate(describe(patches, fn), tasks, "default", progress=not cfg.quiet)
+        r = evaluate(
+            describe(patches, fn), tasks, split_name, generate_missing=cfg.tasks is not None, progress=not cfg.quiet
+        )
         results[name] = {k: r[k] for k in ("verification", "matching", "retrieval", "ties")}
         full[name] = r
-    atomic_write_text(cfg.out / "results.json", json.dumps(results, indent=1))
-    return Evaluation(results, full[OURS], model, den, test)
+    official = cfg.tasks is not None and is_official_split(cfg.tasks, split_name, test) and not ds.synthetic
+    published = [p.as_dict() for p in published_for(split_name)] if official else []
+    atomic_write_text(cfg.out / "results.json", json.dumps(results | {"published": published}, indent=1))
+    return Evaluation(results, full[OURS], published, model, den, test)
