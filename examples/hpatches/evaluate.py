@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from tripletkit.functional import euclidean_matrix, squared_euclidean_matrix
 from tripletkit.metrics import TIES, average_precision, average_precision_from_ranks, matching_from_neighbours, roc_auc
 from tripletkit.training.atomic import atomic_write_bytes, atomic_write_text
 from tripletkit_hpatches.descriptors import DescriptorSet, read_descriptor_dir
@@ -61,9 +59,26 @@ def _type(image_id: int, level: str) -> str:
     return "ref" if image_id == 0 else f"{level}{image_id}"
 
 
-def _dists64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances in float64 from float32 descriptors, as scipy's cdist (which upcasts)."""
-    return euclidean_matrix(a.double(), b.double())
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _dists64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances in float64 from float32 descriptors, as scipy's cdist (which upcasts).
+
+    One float64 GEMM; where the expansion ‖a‖² + ‖b‖² − 2a·b is within its rounding of 0 (identical or nearly
+    identical rows), the entry is recomputed from the difference, so identical rows are exactly 0 apart as in
+    cdist."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = _sq_norms(a64), _sq_norms(b64)
+    d2 = na[:, None] + nb[None, :]
+    scale = d2.copy()
+    d2 -= 2.0 * (a64 @ b64.T)
+    rows, cols = np.nonzero(d2 <= 1e-12 * scale)
+    if len(rows):
+        d2[rows, cols] = _sq_norms(a64[rows] - b64[cols])
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
 
 
 # --------------------------------------------------------------------------------------------------- verification
@@ -85,7 +100,7 @@ class _PairIndex:
                 self._rows(p.s2, p.t2, p.idx2, counts, kind, p.source),
             )
 
-    def _rows(self, s, t, idx, counts, kind, source="") -> torch.Tensor:
+    def _rows(self, s, t, idx, counts, kind, source="") -> np.ndarray:
         sid = pd.Categorical(s, categories=self.seqs).codes.astype(np.int64)
         where = f"{source or 'verification ' + kind}"
         bad_t = (t < 0) | (t > 5)
@@ -98,18 +113,19 @@ class _PairIndex:
             raise ValueError(
                 f"{where} line {r + 2}: patch index {idx[r]} out of range for {s[r]} ({counts[sid[r]]} patches)"
             )
-        return torch.from_numpy(self.offset[sid, t] + idx)
+        return self.offset[sid, t] + idx
 
-    def table(self, level: str) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([self.desc[s][_type(i, level)] for s in self.seqs for i in range(6)]))
+    def table(self, level: str) -> np.ndarray:
+        return np.concatenate([self.desc[s][_type(i, level)] for s in self.seqs for i in range(6)])
 
-    def distances(self, table: torch.Tensor, kind: str, chunk: int = 250_000) -> np.ndarray:
-        # float32 arithmetic, as the benchmark's per-pair scipy.spatial.distance.euclidean on float32 descriptors
+    def distances(self, table: np.ndarray, kind: str, chunk: int = 131_072) -> np.ndarray:
+        # float32 arithmetic, as the benchmark's per-pair scipy.spatial.distance.euclidean on float32 descriptors;
+        # in chunks, so memory stays O(chunk · D) whatever the number of pairs
         r1, r2 = self.rows[kind]
         out = np.empty(len(r1), dtype=np.float64)
         for c0 in range(0, len(r1), chunk):
-            diff = table.index_select(0, r1[c0 : c0 + chunk]) - table.index_select(0, r2[c0 : c0 + chunk])
-            out[c0 : c0 + chunk] = torch.linalg.vector_norm(diff, dim=1).numpy()
+            diff = table[r1[c0 : c0 + chunk]] - table[r2[c0 : c0 + chunk]]
+            out[c0 : c0 + chunk] = np.sqrt(_sq_norms(diff))
         return out
 
 
@@ -136,9 +152,7 @@ def evaluate_verification(desc: DescriptorSet, pairs: dict[str, VerificationPair
 
 
 # --------------------------------------------------------------------------------------------------- matching
-def _nearest_neighbours(
-    ref: torch.Tensor, target: torch.Tensor, ties: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nearest_neighbours(ref: np.ndarray, target: np.ndarray, ties: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact nearest neighbour of every ref row in target: (index, float64 distance, unique-minimum flag).
 
     A float32 Gram matrix proposes the two nearest candidates per row; where they are clearly apart the first is the
@@ -146,26 +160,32 @@ def _nearest_neighbours(
     best candidates lie within the float32 error are recomputed exactly over all candidates, so the result is the
     float64 argmin with numpy's first-index tie rule in every case.
     """
-    r32, t32 = ref.float(), target.float()
-    d2 = squared_euclidean_matrix(r32, t32)  # mean-centred Gram: float32 error relative to the centred norms
-    best2 = torch.topk(d2, k=min(2, d2.shape[1]), dim=1, largest=False)
-    nn = best2.indices[:, 0].clone()
-    center = torch.cat([r32, t32]).mean(0, keepdim=True)
-    scale = (r32 - center).square().sum(1) + (t32 - center).square().sum(1).max()
+    r32, t32 = ref.astype(np.float32), target.astype(np.float32)
+    center = np.concatenate([r32, t32]).mean(0, keepdims=True)
+    rc, tc = r32 - center, t32 - center  # mean-centred Gram: float32 error relative to the centred norms
+    nr, nt = _sq_norms(rc), _sq_norms(tc)
+    d2 = nr[:, None] + nt[None, :] - 2.0 * (rc @ tc.T)
+    rows = np.arange(len(d2))
     if d2.shape[1] > 1:
-        close = (best2.values[:, 1] - best2.values[:, 0]) <= 1e-4 * scale + 1e-30
+        two = np.argpartition(d2, 1, axis=1)[:, :2]
+        v = d2[rows[:, None], two]
+        first = np.where(v[:, 0] <= v[:, 1], 0, 1)
+        nn = two[rows, first]
+        gap = np.abs(v[:, 1] - v[:, 0])
+        close = gap <= 1e-4 * (nr + nt.max()) + 1e-30
     else:
-        close = torch.zeros(d2.shape[0], dtype=torch.bool)
+        nn = np.zeros(len(d2), dtype=np.int64)
+        close = np.zeros(len(d2), dtype=bool)
     unique = ~close
-    redo = torch.nonzero(close).flatten()
-    r64, t64 = ref.double(), target.double()
-    if redo.numel():
-        exact = torch.cdist(r64[redo], t64, compute_mode="donot_use_mm_for_euclid_dist")
-        nn[redo] = torch.argmin(exact, 1)  # first index among exact ties, as numpy
-        m = exact.min(1, keepdim=True).values
-        unique[redo] = (exact == m).sum(1) == 1
-    dist = torch.linalg.vector_norm(r64 - t64[nn], dim=1)
-    return nn.numpy(), dist.numpy(), unique.numpy()
+    r64, t64 = ref.astype(np.float64), target.astype(np.float64)
+    redo = np.flatnonzero(close)
+    for c0 in range(0, len(redo), 16):  # exact float64 distances by differences, as cdist
+        block = redo[c0 : c0 + 16]
+        exact = np.sqrt(((r64[block, None, :] - t64[None, :, :]) ** 2).sum(2))
+        nn[block] = np.argmin(exact, 1)  # first index among exact ties, as numpy
+        unique[block] = (exact == exact.min(1, keepdims=True)).sum(1) == 1
+    dist = np.sqrt(_sq_norms(r64 - t64[nn]))
+    return nn, dist, unique
 
 
 def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str = "reference") -> dict:
@@ -178,10 +198,10 @@ def evaluate_matching(desc: DescriptorSet, sequences: Iterable[str], ties: str =
     desc.require(sequences)
     per: dict = {}
     for seq in sequences:
-        ref = torch.from_numpy(desc[seq]["ref"])
+        ref = desc[seq]["ref"]
         for level in LEVELS:
             for i in range(1, 6):
-                nn, dist, unique = _nearest_neighbours(ref, torch.from_numpy(desc[seq][f"{level}{i}"]), ties)
+                nn, dist, unique = _nearest_neighbours(ref, desc[seq][f"{level}{i}"], ties)
                 ap, sr = matching_from_neighbours(nn, dist, unique, ties)
                 per.setdefault(seq, {}).setdefault(level, {})[i] = {"ap": ap, "sr": sr}
     aps = [per[s][lv][i]["ap"] for s in per for lv in LEVELS for i in range(1, 6)]
@@ -223,32 +243,37 @@ def evaluate_retrieval(
             raise ValueError(
                 f"{what} line {r + 2}: patch index {idx[r]} out of range for {seqs[r]} ({limit[r]} patches)"
             )
-    d_ref = torch.from_numpy(np.stack([desc[s]["ref"][i] for s, i in zip(d_seq, d_idx)]))
+    d_ref = np.stack([desc[s]["ref"][i] for s, i in zip(d_seq, d_idx)])
     ap = np.zeros((len(q_seq), len(LEVELS), len(pool_sizes)))
     for seq in sorted(set(q_seq)):
         rows = np.flatnonzero(q_seq == seq)
         keep = np.flatnonzero(d_seq != seq)
-        q_ref = torch.from_numpy(desc[seq]["ref"][q_idx[rows]])
-        dd = _dists64(q_ref, d_ref[keep])  # (q, L) in file order
-        cuts = [min(k - 5, dd.shape[1]) for k in pool_sizes]
-        for li, level in enumerate(LEVELS):
-            targets = [torch.from_numpy(desc[seq][f"{level}{i}"][q_idx[rows]]).double() for i in range(1, 6)]
-            pos = torch.stack([torch.linalg.vector_norm(q_ref.double() - t, dim=1) for t in targets], 1)
-            pos_sorted = torch.sort(pos, 1).values  # (q, 5): the j-th positive has j − 1 positives ahead
-            counts = torch.zeros((len(rows), 5, len(cuts)), dtype=torch.int64)
-            for c0 in range(0, len(rows), 128):
-                block = dd[c0 : c0 + 128, None, :]
-                thresholds = pos_sorted[c0 : c0 + 128, :, None]
-                ahead = block <= thresholds if ties == "pessimistic" else block < thresholds
+        q_ref = desc[seq]["ref"][q_idx[rows]]
+        q64 = q_ref.astype(np.float64)
+        cuts = [min(k - 5, len(keep)) for k in pool_sizes]
+        for c0 in range(0, len(rows), 128):  # (128 queries × distractors) at a time: memory does not grow with them
+            block = slice(c0, c0 + 128)
+            dd = _dists64(q_ref[block], d_ref[keep])  # in file order
+            for li, level in enumerate(LEVELS):
+                targets = [desc[seq][f"{level}{i}"][q_idx[rows[block]]].astype(np.float64) for i in range(1, 6)]
+                pos = np.stack([np.sqrt(_sq_norms(q64[block] - t)) for t in targets], 1)
+                pos_sorted = np.sort(pos, 1)  # (q, 5): the j-th positive has j − 1 positives ahead
+                ahead = (
+                    dd[:, None, :] <= pos_sorted[:, :, None]
+                    if ties == "pessimistic"
+                    else dd[:, None, :] < pos_sorted[:, :, None]
+                )
+                # distractors ahead within each pool, summed segment by segment between the pool boundaries
+                counts = np.zeros(ahead.shape[:2] + (len(cuts),), dtype=np.int64)
+                running = np.zeros(ahead.shape[:2], dtype=np.int64)
                 start = 0
-                running = torch.zeros(ahead.shape[:2], dtype=torch.int64)
-                for ki, cut in enumerate(cuts):  # distractors ahead within each pool, by segments
+                for ki, cut in enumerate(cuts):
                     if cut > start:
                         running = running + ahead[:, :, start:cut].sum(2)
                         start = cut
-                    counts[c0 : c0 + 128, :, ki] = running
-            ranks = counts.numpy() + np.arange(1, 6)[None, :, None]
-            ap[rows, li, :] = average_precision_from_ranks(np.moveaxis(ranks, 1, 2), 5)
+                    counts[:, :, ki] = running
+                ranks = counts + np.arange(1, 6)[None, :, None]
+                ap[rows[block], li, :] = average_precision_from_ranks(np.moveaxis(ranks, 1, 2), 5)
     return {
         "per_level": {lv: float(ap[:, li].mean()) for li, lv in enumerate(LEVELS)},
         "per_pool_size": {int(k): float(ap[:, :, ki].mean()) for ki, k in enumerate(pool_sizes)},

@@ -29,13 +29,52 @@ A plain PyTorch loop (the README's example)::
     True
 """
 
-from .atomic import atomic_open, atomic_save, atomic_write_bytes, atomic_write_text
-from .batches import SteppedBatches
-from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
-from .loss_buffer import LossBuffer
-from .optim import init_optimizer_state
-from .probe import CollapseProbe, probe_indices
-from .rng import rng_state, set_rng_state
+# Names resolve on first use (PEP 562): importing one torch-free submodule (``tripletkit.metrics``, the atomic
+# writers) does not import torch and every loss, which keeps a process that only evaluates quick to start.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .atomic import atomic_open, atomic_save, atomic_write_bytes, atomic_write_text
+    from .batches import SteppedBatches
+    from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
+    from .loss_buffer import LossBuffer
+    from .optim import init_optimizer_state
+    from .probe import CollapseProbe, probe_indices
+    from .rng import rng_state, set_rng_state
+
+_LAZY = {
+    "atomic_open": ".atomic",
+    "atomic_save": ".atomic",
+    "atomic_write_bytes": ".atomic",
+    "atomic_write_text": ".atomic",
+    "SteppedBatches": ".batches",
+    "CheckpointError": ".checkpoint",
+    "TrainingCheckpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "LossBuffer": ".loss_buffer",
+    "init_optimizer_state": ".optim",
+    "CollapseProbe": ".probe",
+    "probe_indices": ".probe",
+    "rng_state": ".rng",
+    "set_rng_state": ".rng",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "CheckpointError",

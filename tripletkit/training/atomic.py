@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "atomic_save", "fsync_dir"]
 
 
@@ -65,4 +63,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_save(obj: object, path: str | os.PathLike, save: Callable[[object, IO[bytes]], None] | None = None) -> None:
     """``torch.save(obj)`` (or ``save(obj, file)``) to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
-        (save or torch.save)(obj, f)
+        if save is None:
+            import torch  # here, not at the top: the text and byte writers serve torch-free readers (evaluation)
+
+            save = torch.save
+        save(obj, f)
