@@ -43,6 +43,11 @@ def _worker(rank, world, init_file, loss_name, splits, out_file):
         loss.backward()
         if rank == 0:
             torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, out_file)
+        # DDP's reducer must go, on every rank, before the group it holds is destroyed: a replica that destroyed the
+        # group while its reducer (or a peer's pending work) was alive was seen aborting in CI ("terminate called
+        # without an active exception")
+        del model, loss
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

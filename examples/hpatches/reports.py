@@ -177,7 +177,7 @@ def experiments_table(out: Path, table: dict[str, dict]) -> str:
     config = json.loads((out / next(iter(table)) / "config.json").read_text())
     data = "SYNTHETIC embedded default" if config.get("synthetic_data") else config["data"]
     md = [
-        f"# The study's experiments on {data} ({len(config['split']['test'])} test sequences held out from training)",
+        f"# The study's experiments on {data} ({len(config['split_sequences']['test'])} test sequences held out from training)",
         "",
         tabulate(
             rows,
