@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorSet
+from tripletkit.training.atomic import atomic_write_text
+from tripletkit_hpatches.descriptors import IMAGE_TYPES, DescriptorSet, write_descriptor_dir
 from tripletkit_hpatches.tasks import VerificationPairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,27 @@ def split_a_counts(n_sequences: int = 40) -> dict[str, int]:
     return {f"{'iv'[k % 2]}_seq{k:03d}": 1300 for k in range(n_sequences)}
 
 
+def sequence_descriptors(k: int, n: int, dim: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+    """Sequence number k's 16 images: a float32 base for ref, noise growing from e to h to t on the others."""
+    rng = np.random.default_rng([seed, k])
+    base = rng.standard_normal((n, dim), dtype=np.float32)
+    return {
+        t: base
+        if t == "ref"
+        else base + {"e": 0.4, "h": 0.8, "t": 1.2}[t[0]] * rng.standard_normal(base.shape, dtype=np.float32)
+        for t in IMAGE_TYPES
+    }
+
+
+def full_benchmark_counts() -> dict[str, int]:
+    """All 116 sequences of the full split with their patch counts (lower bounds from ../shared/data when present,
+    else 1,350 each: the release's mean)."""
+    if (SHARED / "sequence_patch_counts.json").exists():
+        meta = json.loads((SHARED / "sequence_patch_counts.json").read_text())["sequences"]
+        return {s: int(v.get("exact", v["lower_bound"])) for s, v in sorted(meta.items())}
+    return {f"{'iv'[k % 2]}_seq{k:03d}": 1350 for k in range(116)}
+
+
 def make_split(
     tmp: Path,
     n_pairs: int = 1_000_000,
@@ -35,20 +57,24 @@ def make_split(
     dim: int = 128,
     seed: int = 0,
     n_sequences: int = 40,
+    patches_per_sequence: int | None = None,
+    counts: dict[str, int] | None = None,
+    in_memory: bool = True,
 ):
+    """Task files in ``tmp`` for split ``syn``; returns the descriptors (``in_memory``) or the counts.
+
+    ``counts`` (sequence → patches) overrides ``n_sequences``/``patches_per_sequence``."""
     rng = np.random.default_rng(seed)
-    counts = split_a_counts(n_sequences)
+    if counts is None:
+        counts = split_a_counts(n_sequences)
+        if patches_per_sequence is not None:  # the real names, a uniform count (the size of a set the issue describes)
+            counts = dict.fromkeys(counts, patches_per_sequence)
     seqs = list(counts)
-    data = {}
-    for s in seqs:
-        base = rng.standard_normal((counts[s], dim), dtype=np.float32)
-        data[s] = {
-            t: base
-            if t == "ref"
-            else base + {"e": 0.4, "h": 0.8, "t": 1.2}[t[0]] * rng.standard_normal(base.shape, dtype=np.float32)
-            for t in IMAGE_TYPES
-        }
-    desc = DescriptorSet(data)
+    desc = (
+        DescriptorSet({s: sequence_descriptors(k, counts[s], dim, seed) for k, s in enumerate(seqs)})
+        if in_memory
+        else counts
+    )
     (tmp / "splits.json").write_text(json.dumps({"syn": {"name": "syn", "test": seqs, "train": []}}))
     s1 = rng.choice(np.asarray(seqs, dtype=object), n_pairs)
     n1 = np.array([counts[s] for s in s1])
@@ -74,3 +100,28 @@ def make_split(
         tmp / "retr_distractors_split-syn.csv", index=False
     )
     return desc
+
+
+def _write_sequence(job: tuple) -> None:
+    root, k, seq, n, dim, seed = job
+    write_descriptor_dir({seq: sequence_descriptors(k, n, dim, seed)}, root)
+
+
+def write_synthetic_set(root: Path, workers: int = 2, **split_kw) -> Path:
+    """``root/tasks`` (split ``syn``) and ``root/descr`` (the benchmark's CSV layout, %.9g), written once: a marker
+    with the parameters is written last, and a folder whose marker matches is reused as it is."""
+    from multiprocessing import Pool
+
+    marker = root / "complete.json"
+    want = json.dumps({k: v for k, v in sorted(split_kw.items())}, sort_keys=True, default=str)
+    if marker.exists() and marker.read_text() == want:
+        return root
+    (root / "tasks").mkdir(parents=True, exist_ok=True)
+    counts = make_split(root / "tasks", in_memory=False, **split_kw)
+    dim, seed = split_kw.get("dim", 128), split_kw.get("seed", 0)
+    jobs = [(root / "descr", k, s, n, dim, seed) for k, (s, n) in enumerate(counts.items())]
+    with Pool(workers) as pool:
+        for _ in pool.imap_unordered(_write_sequence, jobs):
+            pass
+    atomic_write_text(marker, want)
+    return root

@@ -8,7 +8,11 @@ single-threaded Python/scipy whatever the setting."""
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import torch
 from tripletkit.testing import hpatches_reference as ref
 from tripletkit_hpatches.evaluate import evaluate
 
-from .hpatches_synthetic import make_split
+from .hpatches_synthetic import full_benchmark_counts, make_split, write_synthetic_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +98,114 @@ def test_evaluation_split_a_size(benchmark, tmp_path, request):
         **{f"{k}_ours_s": v for k, v in result["timing_s"].items()},
     )
     assert np.isfinite([result["verification"], result["matching"], result["retrieval"]]).all()
+
+
+# ------------------------------------------------------------------------------------------------ end to end, on disk
+def _cache(tmp_path_factory, name: str) -> Path:
+    """Where a synthetic set on disk lives: TRIPLETKIT_BENCH_CACHE/<name> when set (kept between runs; a set is
+    reused only when its completion marker matches its parameters), else a fresh temporary folder."""
+    base = os.environ.get("TRIPLETKIT_BENCH_CACHE")
+    return Path(base) / name if base else tmp_path_factory.mktemp(name)
+
+
+def _run(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds from launch to exit, the process's peak RSS in bytes (its own, not its children's), stdout."""
+    with (
+        open(os.devnull, "w") as devnull,
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=devnull, text=True) as proc,
+    ):
+        t0 = time.perf_counter()
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, (cmd, out[-2000:])
+    return wall, usage.ru_maxrss * 1024, out
+
+
+def _ours_cmd(root: Path, json_out: Path, threads: int | None = None) -> list[str]:
+    cmd = [sys.executable, "examples/hpatches/evaluate.py", "--descr-dir", str(root / "descr"), "--tasks"]
+    cmd += [str(root / "tasks"), "--split", "syn", "--json", str(json_out)]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+
+@pytest.fixture(scope="module")
+def issue_sized(tmp_path_factory):
+    # the size of the set the issue measured the reference on: 16 sequences × 800 patches, 200k pairs per
+    # verification file, 2,000 queries, 8,000 distractors, descriptors as %.9g CSVs
+    root = _cache(tmp_path_factory, "eval-16x800")
+    return write_synthetic_set(
+        root, n_pairs=200_000, n_queries=2000, n_distractors=8000, n_sequences=16, patches_per_sequence=800, seed=3
+    )
+
+
+def test_evaluation_end_to_end_fresh_processes(benchmark, issue_sized, tmp_path):
+    """Both sides as a user runs them: a new process from its start to its last number (imports, reading the CSVs and
+    task files, all three tasks). Ours three times (the median counts), the reference once (about a minute)."""
+    ours: list[tuple[float, int, str]] = []
+    # pytest-benchmark's own timing is of the whole subprocess call; the launch-to-exit wall time is recorded beside
+    benchmark.pedantic(
+        lambda: ours.append(_run(_ours_cmd(issue_sized, tmp_path / f"ours{len(ours)}.json", threads()))),
+        rounds=3,
+        iterations=1,
+    )
+    ref_wall, _, ref_out = _run(
+        [
+            sys.executable,
+            "-m",
+            "bench.reference_evaluate",
+            "--descr-dir",
+            str(issue_sized / "descr"),
+            "--tasks",
+            str(issue_sized / "tasks"),
+            "--split",
+            "syn",
+        ]
+    )
+    reference = json.loads(ref_out.strip().splitlines()[-1])
+    got = json.loads((tmp_path / "ours0.json").read_text())
+    walls = [w for w, _, _ in ours]
+    benchmark.group = "hpatches-evaluation"
+    benchmark.extra_info.update(
+        suite="evaluation-e2e",
+        size="16 seq × 800, 200k pairs, 2k queries",
+        threads=threads(),
+        ours_wall_s=statistics.median(walls),
+        ours_walls_s=walls,
+        ours_peak_rss_mib=max(r for _, r, _ in ours) / 2**20,
+        reference_wall_s=ref_wall,
+        reference_parts_s=reference["timing_s"],
+        ours_parts_s=got["timing_s"],
+        speedup=ref_wall / statistics.median(walls),
+    )
+    for task in ("verification", "matching", "retrieval"):
+        benchmark.extra_info[f"{task}_abs_diff"] = abs(got[task] - reference[task])
+        assert abs(got[task] - reference[task]) < 1e-6, task  # the numbers must agree for the timing to count
+
+
+def test_evaluation_full_benchmark_size_time_and_memory(benchmark, tmp_path_factory, request, tmp_path):
+    """The full benchmark's size: the 116 sequences of split `full` with their patch counts, 1M pairs per
+    verification file, 10,000 queries and 20,000 distractors; ours in a fresh process, its wall time and peak RSS.
+    Writing the set takes minutes (5.5 GB of CSV); TRIPLETKIT_BENCH_CACHE keeps it between runs."""
+    if request.config.getoption("--bench-profile") != "large":
+        pytest.skip("the full-size evaluation (minutes to write the set) runs in --bench-profile large")
+    root = write_synthetic_set(
+        _cache(tmp_path_factory, "eval-full"),
+        counts=full_benchmark_counts(),
+        n_pairs=1_000_000,
+        n_queries=10_000,
+        n_distractors=20_000,
+    )
+    runs: list[tuple[float, int, str]] = []
+    benchmark.pedantic(lambda: runs.append(_run(_ours_cmd(root, tmp_path / "full.json", threads()))), rounds=1)
+    (wall, rss, _), got = runs[0], json.loads((tmp_path / "full.json").read_text())
+    benchmark.group = "hpatches-evaluation"
+    benchmark.extra_info.update(
+        suite="evaluation-full",
+        size=f"{got['sequences']} seq, 1M pairs, 10k queries",
+        threads=threads(),
+        ours_wall_s=wall,
+        ours_peak_rss_mib=rss / 2**20,
+        ours_parts_s=got["timing_s"],
+    )
+    assert np.isfinite([got["verification"], got["matching"], got["retrieval"]]).all()

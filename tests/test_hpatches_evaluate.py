@@ -272,6 +272,26 @@ def test_binary_and_out_of_range_descriptor_files_are_named(tmp_path):
         read_descriptor_dir(tmp_path, sequences=["../v_gamma"])
 
 
+def test_csv_values_round_to_float32_through_a_double_as_the_benchmark_does(tmp_path):
+    # the benchmark reads float64 with pandas and then casts (pd.read_csv(...).astype(np.float32)); decimal strings a
+    # hair above the midpoint of two float32 neighbours are where a direct decimal→float32 rounding would differ
+    rng = np.random.default_rng(7)
+    lo = rng.standard_normal(4000).astype(np.float32)
+    mid = (lo.astype(np.float64) + np.nextafter(lo, np.float32(np.inf)).astype(np.float64)) / 2
+    texts = [f"{m:.25f}1" if abs(m) < 1 else f"{m:.30e}".replace("e", "1e") for m in mid]
+    texts += [repr(float(v)) for v in rng.standard_normal(4000) * 10.0 ** rng.integers(-30, 30, 4000)]
+    want = np.array([float(t) for t in texts]).astype(np.float32).reshape(-1, 8)  # Python's correctly rounded double
+    rows = [",".join(texts[i : i + 8]) for i in range(0, len(texts), 8)]
+    for s in SEQS:
+        (tmp_path / s).mkdir()
+        for t in IMAGE_TYPES:
+            (tmp_path / s / f"{t}.csv").write_text("\n".join(rows) + "\n")
+    got = read_descriptor_dir(tmp_path, threads=2)
+    for s in SEQS:
+        assert got[s]["t5"].dtype == np.float32
+        np.testing.assert_array_equal(got[s]["t5"], want)
+
+
 def test_cli_json_errors_are_named(tasks_dir, tmp_path, capsys):
     out = tmp_path / "descr"
     write_descriptor_dir(make_descriptors(), out)

@@ -6,7 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tripletkit.metrics import average_precision, average_precision_from_ranks, matching_average_precision, roc_auc
+from tripletkit.metrics import (
+    average_precision,
+    average_precision_from_ranks,
+    matching_average_precision,
+    negatives_first_ap_auc,
+    roc_auc,
+)
 from tripletkit.testing import hpatches_reference as ref
 
 
@@ -56,6 +62,29 @@ def test_ap_and_auc_equal_the_literal_reference(data, scores):
     numpos = int(labels.sum()) + extra
     assert average_precision(scores, labels, numpos=numpos) == pytest.approx(ref.ap(scores, labels, numpos), abs=1e-12)
     assert roc_auc(scores, labels) == pytest.approx(ref.auc(scores, labels), abs=1e-12)
+
+
+dist_st = hnp.arrays(np.float64, st.integers(0, 30), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0, 7.0, np.inf]))
+
+
+@given(neg=dist_st, pos=dist_st.filter(len), data=st.data())
+def test_verification_ap_auc_from_sorted_parts_equal_the_literal_reference(neg, pos, data):
+    # the benchmark's lists: [negatives, positives] scored by −distance, AP on every negative and the first k
+    # positives; ties between a negative and a positive (repeated values) and infinite distances included
+    k = data.draw(st.integers(1, len(pos)))
+    scores = -np.concatenate([neg, pos])
+    labels = np.concatenate([np.zeros(len(neg), bool), np.ones(len(pos), bool)])
+    for ties in ("reference", "pessimistic"):
+        ap, auc = negatives_first_ap_auc(neg, pos, k, ties)
+        assert ap == pytest.approx(ref.ap(scores[: len(neg) + k], labels[: len(neg) + k]), abs=1e-12)
+        assert auc == pytest.approx(ref.auc(scores, labels), abs=1e-12)
+
+
+def test_verification_ap_auc_rejects_nan_and_a_bad_count():
+    with pytest.raises(ValueError, match="NaN"):
+        negatives_first_ap_auc(np.array([np.nan]), np.array([1.0]))
+    with pytest.raises(ValueError, match="ap_positives=3"):
+        negatives_first_ap_auc(np.array([1.0]), np.array([1.0, 2.0]), 3)
 
 
 @given(data=st.data(), n=st.integers(1, 30))
