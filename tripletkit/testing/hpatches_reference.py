@@ -114,39 +114,57 @@ def retrieval(desc, queries, distractors, pool_sizes=POOL_SIZES):
 # retrieval, numpy PR curves), used as the speed baseline in bench/. Not used for correctness checks.
 
 
-def _ap_numpy(scores, labels, numpos=None):
+def _tp_fp_numpy(scores, labels, numpos=None):
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     p = int(labels.sum())
+    n = len(labels) - p
     if numpos is not None:
         scores = np.hstack((scores, np.repeat(-np.inf, numpos - p)))
         labels = np.hstack((labels, np.ones(numpos - p)))
         p = numpos
-    order = np.argsort(-scores, kind="mergesort")
+    order = np.argsort(-scores, kind="mergesort", axis=0)
     stop = int(np.max(np.where(scores[order] > -np.inf)))
     ranked = labels[order[: stop + 1]]
     tp = np.hstack((0, np.cumsum(ranked == 1)))
     fp = np.hstack((0, np.cumsum(ranked == 0)))
+    return tp, fp, p, n
+
+
+def _ap_numpy(scores, labels, numpos=None):
+    tp, fp, p, _ = _tp_fp_numpy(scores, labels, numpos)
     recall = tp / float(max(p, 1e-10))
     precision = np.maximum(tp, 1e-10) / np.maximum(tp + fp, 1e-10)
     return float(np.trapezoid(precision, recall))
 
 
+def _auc_numpy(scores, labels):
+    tp, fp, p, n = _tp_fp_numpy(scores, labels)
+    return float(np.trapezoid(tp / float(max(p, 1e-10)), fp / float(max(n, 1e-10))))
+
+
 def verification_at_reference_speed(desc, pairs):
+    """Per pair, the three levels' distances (one scipy call each, into an (N, 1) array); per level and negative
+    kind, the balanced ROC and the imbalanced PR, each with its own stable sort. Returns the mean AP."""
     from scipy.spatial import distance
 
+    types = {i: {level: _t(i, level) for level in LEVELS} for i in range(6)}
+    dist = {}
+    for kind, rows in pairs.items():  # rows: the task file as pandas gives it (an object array), row by row
+        d = {level: np.empty((len(rows), 1)) for level in LEVELS}
+        for r, p in enumerate(rows):
+            t1, t2 = types[p[1]], types[p[4]]
+            for level in LEVELS:
+                d[level][r] = distance.euclidean(desc[p[0]][t1[level]][p[2]], desc[p[3]][t2[level]][p[5]])
+        dist[kind] = d
     aps = []
     for level in LEVELS:
-        dist = {}
-        for kind, rows in pairs.items():
-            dist[kind] = np.array(
-                [distance.euclidean(desc[a][_t(b, level)][c], desc[d][_t(e, level)][f]) for a, b, c, d, e, f in rows]
-            )
-        n_pos = len(dist["pos"])
-        n_imb = n_pos + int(n_pos * 0.2)
-        labels = np.concatenate([np.zeros(n_pos), np.ones(n_pos)])
+        d_pos = dist["pos"][level]
+        labels = np.vstack((np.zeros_like(d_pos), np.ones_like(d_pos))).reshape(-1)
+        n_imb = len(d_pos) + int(len(d_pos) * 0.2)
         for kind in ("intra", "inter"):
-            scores = -np.concatenate([dist[f"neg_{kind}"], dist["pos"]])
+            scores = -np.vstack((dist[f"neg_{kind}"][level], d_pos)).reshape(-1)
+            _auc_numpy(scores, labels)  # the benchmark computes and stores the balanced ROC as well
             aps.append(_ap_numpy(scores[:n_imb], labels[:n_imb]))
     return float(np.mean(aps))
 
@@ -177,7 +195,10 @@ def retrieval_at_reference_speed(desc, queries, distractors, pool_sizes=POOL_SIZ
     for qi, (qs, idx) in enumerate(queries):
         row = full[qi][d_seq != qs]
         for level in LEVELS:
-            pos = distance.cdist(q_desc[qi : qi + 1], np.stack([desc[qs][f"{level}{k}"][idx] for k in range(1, 6)]))[0]
+            # one 1 × 1 cdist per positive, as the benchmark's get_query_intra_dists
+            pos = np.array(
+                [distance.cdist(q_desc[qi : qi + 1], desc[qs][f"{level}{k}"][idx][None, :])[0, 0] for k in range(1, 6)]
+            )
             scores = np.hstack((pos, row))
             labels = np.hstack((np.ones(5), np.zeros(len(row))))
             for k in pool_sizes:
