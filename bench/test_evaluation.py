@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,18 +110,22 @@ def _cache(tmp_path_factory, name: str) -> Path:
 
 
 def _run(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall seconds from launch to exit, the process's peak RSS in bytes (its own, not its children's), stdout."""
-    with (
-        open(os.devnull, "w") as devnull,
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=devnull, text=True) as proc,
-    ):
-        t0 = time.perf_counter()
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, (cmd, out[-2000:])
-    return wall, usage.ru_maxrss * 1024, out
+    """Wall seconds from launch to exit, the command's own peak RSS in bytes (through bench.peak_rss, since a peak
+    survives exec and pytest is big), and its stdout."""
+    report = Path(tempfile.mkstemp(suffix=".json")[1])
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.peak_rss", str(report), "--", *cmd],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.returncode == 0, (cmd, proc.stdout[-2000:])
+        rec = json.loads(report.read_text())
+    finally:
+        report.unlink(missing_ok=True)
+    return rec["wall_s"], rec["peak_rss_bytes"], proc.stdout
 
 
 def _ours_cmd(root: Path, json_out: Path, threads: int | None = None) -> list[str]:
