@@ -5,6 +5,8 @@
   every n steps (no host sync inside a CUDA or torch-xla step).
 * [`init_optimizer_state()`][tripletkit.training.optim.init_optimizer_state]: Adam's or SGD's state made before the first
   step, so that a compiled or torch-xla step is one graph from the start.
+* [`Plateau`][tripletkit.training.plateau.Plateau]: when a validation metric has stopped improving (patience,
+  absolute and relative thresholds, warm-up), and which evaluation was best.
 * [`CollapseProbe`][tripletkit.training.probe.CollapseProbe] and [`probe_indices()`][tripletkit.training.probe.probe_indices]: a fixed probe batch judged in eval mode by a collapse monitor.
 * [`TrainingCheckpoint`][tripletkit.training.checkpoint.TrainingCheckpoint]: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
   written atomically and loaded without unpickling code.
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint
     from .loss_buffer import LossBuffer
     from .optim import init_optimizer_state
+    from .plateau import Plateau
     from .probe import CollapseProbe, probe_indices
     from .rng import rng_state, set_rng_state
 
@@ -56,6 +59,7 @@ _LAZY = {
     "load_checkpoint": ".checkpoint",
     "LossBuffer": ".loss_buffer",
     "init_optimizer_state": ".optim",
+    "Plateau": ".plateau",
     "CollapseProbe": ".probe",
     "probe_indices": ".probe",
     "rng_state": ".rng",
@@ -80,6 +84,7 @@ __all__ = [
     "CheckpointError",
     "CollapseProbe",
     "LossBuffer",
+    "Plateau",
     "SteppedBatches",
     "TrainingCheckpoint",
     "atomic_open",
