@@ -6,6 +6,8 @@ which pairs), 10,000 queries and 20,000 distractors."""
 from __future__ import annotations
 
 import json
+import shutil
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -49,32 +51,13 @@ def full_benchmark_counts() -> dict[str, int]:
     return {f"{'iv'[k % 2]}_seq{k:03d}": 1350 for k in range(116)}
 
 
-def make_split(
-    tmp: Path,
-    n_pairs: int = 1_000_000,
-    n_queries: int = 10_000,
-    n_distractors: int = 20_000,
-    dim: int = 128,
-    seed: int = 0,
-    n_sequences: int = 40,
-    patches_per_sequence: int | None = None,
-    counts: dict[str, int] | None = None,
-    in_memory: bool = True,
-):
-    """Task files in ``tmp`` for split ``syn``; returns the descriptors (``in_memory``) or the counts.
-
-    ``counts`` (sequence → patches) overrides ``n_sequences``/``patches_per_sequence``."""
+def write_task_files(
+    tmp: Path, counts: dict[str, int], n_pairs: int, n_queries: int, n_distractors: int, seed: int = 0
+) -> None:
+    """``splits.json`` (split ``syn``: every sequence of ``counts`` is a test sequence), the three verification
+    files and the two retrieval files, in the benchmark's layout."""
     rng = np.random.default_rng(seed)
-    if counts is None:
-        counts = split_a_counts(n_sequences)
-        if patches_per_sequence is not None:  # the real names, a uniform count (the size of a set the issue describes)
-            counts = dict.fromkeys(counts, patches_per_sequence)
     seqs = list(counts)
-    desc = (
-        DescriptorSet({s: sequence_descriptors(k, counts[s], dim, seed) for k, s in enumerate(seqs)})
-        if in_memory
-        else counts
-    )
     (tmp / "splits.json").write_text(json.dumps({"syn": {"name": "syn", "test": seqs, "train": []}}))
     s1 = rng.choice(np.asarray(seqs, dtype=object), n_pairs)
     n1 = np.array([counts[s] for s in s1])
@@ -99,7 +82,21 @@ def make_split(
     pd.DataFrame({"s": [seqs[a] for a in d[:, 0]], "idx": d[:, 1]}).to_csv(
         tmp / "retr_distractors_split-syn.csv", index=False
     )
-    return desc
+
+
+def make_split(
+    tmp: Path,
+    n_pairs: int = 1_000_000,
+    n_queries: int = 10_000,
+    n_distractors: int = 20_000,
+    dim: int = 128,
+    seed: int = 0,
+    n_sequences: int = 40,
+) -> DescriptorSet:
+    """Task files in ``tmp`` (split ``syn``) for ``n_sequences`` with split-a counts; returns their descriptors."""
+    counts = split_a_counts(n_sequences)
+    write_task_files(tmp, counts, n_pairs, n_queries, n_distractors, seed)
+    return DescriptorSet({s: sequence_descriptors(k, n, dim, seed) for k, (s, n) in enumerate(counts.items())})
 
 
 def _write_sequence(job: tuple) -> None:
@@ -107,18 +104,40 @@ def _write_sequence(job: tuple) -> None:
     write_descriptor_dir({seq: sequence_descriptors(k, n, dim, seed)}, root)
 
 
-def write_synthetic_set(root: Path, workers: int = 2, **split_kw) -> Path:
-    """``root/tasks`` (split ``syn``) and ``root/descr`` (the benchmark's CSV layout, %.9g), written once: a marker
-    with the parameters is written last, and a folder whose marker matches is reused as it is."""
-    from multiprocessing import Pool
+def write_synthetic_set(
+    root: Path,
+    counts: dict[str, int],
+    n_pairs: int,
+    n_queries: int,
+    n_distractors: int,
+    dim: int = 128,
+    seed: int = 0,
+    workers: int = 2,
+) -> Path:
+    """``root/tasks`` (split ``syn``) and ``root/descr`` (the benchmark's CSV layout, %.9g), written once.
 
+    ``root/complete.json`` holds the parameters and is written last; a folder whose marker matches is reused as it
+    is, any other is emptied first (its marker removed before anything else, so an interrupted rewrite is never
+    mistaken for a finished one)."""
     marker = root / "complete.json"
-    want = json.dumps({k: v for k, v in sorted(split_kw.items())}, sort_keys=True, default=str)
+    want = json.dumps(
+        {
+            "counts": counts,
+            "pairs": n_pairs,
+            "queries": n_queries,
+            "distractors": n_distractors,
+            "dim": dim,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
     if marker.exists() and marker.read_text() == want:
         return root
-    (root / "tasks").mkdir(parents=True, exist_ok=True)
-    counts = make_split(root / "tasks", in_memory=False, **split_kw)
-    dim, seed = split_kw.get("dim", 128), split_kw.get("seed", 0)
+    marker.unlink(missing_ok=True)
+    for sub in ("tasks", "descr"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    (root / "tasks").mkdir(parents=True)
+    write_task_files(root / "tasks", counts, n_pairs, n_queries, n_distractors, seed)
     jobs = [(root / "descr", k, s, n, dim, seed) for k, (s, n) in enumerate(counts.items())]
     with Pool(workers) as pool:
         for _ in pool.imap_unordered(_write_sequence, jobs):

@@ -5,7 +5,7 @@ scipy; read every descriptor CSV with pandas and cast it to float32, one process
 read the task files with pandas; then the three tasks with its algorithm (tripletkit/testing/hpatches_reference.py:
 the per-pair scipy distance loop, one cdist per image pair, one sort per query × level × pool size).
 
-    python -m bench.reference_evaluate --descr-dir DIR --tasks TASKDIR --split syn [--json OUT]
+    python -m bench.reference_evaluate --descr-dir DIR --tasks TASKDIR --split syn
 
 Prints one JSON line: the three mAPs (fractions, as ours) and the time of each part.
 """

@@ -25,7 +25,7 @@ import torch
 from tripletkit.testing import hpatches_reference as ref
 from tripletkit_hpatches.evaluate import evaluate
 
-from .hpatches_synthetic import full_benchmark_counts, make_split, write_synthetic_set
+from .hpatches_synthetic import full_benchmark_counts, make_split, split_a_counts, write_synthetic_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,8 +139,9 @@ def issue_sized(tmp_path_factory):
     # the size of the set the issue measured the reference on: 16 sequences × 800 patches, 200k pairs per
     # verification file, 2,000 queries, 8,000 distractors, descriptors as %.9g CSVs
     root = _cache(tmp_path_factory, "eval-16x800")
+    names = list(split_a_counts(16))
     return write_synthetic_set(
-        root, n_pairs=200_000, n_queries=2000, n_distractors=8000, n_sequences=16, patches_per_sequence=800, seed=3
+        root, dict.fromkeys(names, 800), n_pairs=200_000, n_queries=2000, n_distractors=8000, seed=3
     )
 
 
@@ -196,7 +197,7 @@ def test_evaluation_full_benchmark_size_time_and_memory(benchmark, tmp_path_fact
         pytest.skip("the full-size evaluation (minutes to write the set) runs in --bench-profile large")
     root = write_synthetic_set(
         _cache(tmp_path_factory, "eval-full"),
-        counts=full_benchmark_counts(),
+        full_benchmark_counts(),
         n_pairs=1_000_000,
         n_queries=10_000,
         n_distractors=20_000,

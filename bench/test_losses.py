@@ -6,7 +6,7 @@ configured to the same definitions when it is installed. Each benchmark records 
 measured in a fresh subprocess, in ``extra_info``.
 
     pytest bench/ --benchmark-only --benchmark-json=bench/results.json
-    python bench/report.py bench/results.json
+    python -m bench.report bench/results.json
 """
 
 from __future__ import annotations

@@ -100,9 +100,9 @@ class DescriptorSet(Mapping):
 
 
 def _parse_fast(path: Path, delimiter: str) -> np.ndarray | None:
-    """pandas' C parser straight from the file, to float32 (twice numpy's speed, and it releases the GIL so threads
-    parse side by side); None for anything that is not a plain rectangular numeric table (empty fields, ragged rows,
-    text, bytes that are not UTF-8), which the careful path then reads or names.
+    """pandas' C parser straight from the file, to float32 (about twice numpy's speed); None for anything that is
+    not a plain rectangular numeric table (empty fields, ragged rows, text, bytes that are not UTF-8), which the
+    careful path then reads or names.
 
     Parsing to float32 gives the bits of parsing to float64 and then rounding, as the benchmark does
     (``pd.read_csv(...).astype(np.float32)``): pandas converts through a double."""
@@ -133,8 +133,10 @@ def _read_csv_carefully(path: Path, delimiter: str) -> np.ndarray:
 
 def _read_csv(path: Path, delimiter: str) -> np.ndarray:
     a = _parse_fast(path, delimiter)
-    if a is None or not np.isfinite(a).all():  # the careful float64 read names the row, and tells inf from overflow
-        a = _read_csv_carefully(path, delimiter)
+    if a is not None and np.isfinite(a).all():
+        return a
+    # anything else is read again in float64, which names the row and tells a written inf from an overflow
+    a = _read_csv_carefully(path, delimiter)
     if a.size == 0:
         raise DescriptorFileError(f"{path}: no descriptors")
     if not np.isfinite(a).all():
@@ -178,7 +180,8 @@ def read_descriptor_dir(
         for t in IMAGE_TYPES:
             if not (root / seq / f"{t}.csv").exists():
                 raise DescriptorFileError(f"{root / seq / f'{t}.csv'}: missing")
-    # parsing is most of the time; the C parser releases the GIL, so threads overlap on the cores there are
+    # parsing is most of the time: threads overlap it partly (pandas holds the GIL for part of each file), forked
+    # processes fully
     paths = [root / seq / f"{t}.csv" for seq in seqs for t in IMAGE_TYPES]
     workers = worker_threads(threads)
     if processes and workers > 1 and "fork" in mp.get_all_start_methods():

@@ -128,7 +128,7 @@ class _PairIndex:
     def distances(self, table: np.ndarray, kind: str, threads: int, chunk: int = 8192) -> np.ndarray:
         # float32 arithmetic, as the benchmark's per-pair scipy.spatial.distance.euclidean on float32 descriptors;
         # chunks small enough that the gathered rows stay in cache (memory is O(chunk · D) whatever the number of
-        # pairs), on two threads: numpy's take, subtract and einsum release the GIL
+        # pairs), on ``threads`` threads: numpy's take, subtract and einsum release the GIL
         r1, r2 = self.rows[kind]
         out = np.empty(len(r1), dtype=np.float64)
 
