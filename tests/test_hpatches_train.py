@@ -66,7 +66,7 @@ def test_end_to_end_outputs(tiny, tmp_path):
         assert all(0.0 <= r[t] <= 1.0 for t in ("verification", "matching", "retrieval")) and r["ties"] == "reference"
     assert len((out / "log.csv").read_text().splitlines()) == 7
     curve = (out / "map_log.csv").read_text().splitlines()
-    assert curve[0] == "step,matching_map" and [int(r.split(",")[0]) for r in curve[1:]] == [2, 4, 6]
+    assert curve[0] == "step,matching_map,stage,batch" and [int(r.split(",")[0]) for r in curve[1:]] == [2, 4, 6]
     assert all(0.0 <= float(r.split(",")[1]) <= 1.0 for r in curve[1:])
 
 
@@ -418,3 +418,58 @@ def test_benchmark_tasks_train_on_the_split_and_put_published_results_beside_our
         main(args[:4] + ["--split", "full"] + args[6:] + ["--out", str(tmp_path / "full")])
     with pytest.raises(SystemExit, match="needs --tasks"):
         main(["--data", str(data), "--split", "a", "--out", str(tmp_path / "x"), "--quiet"])
+
+
+def test_validation_split_plateau_stop_and_selection(tiny, tmp_path):
+    """--val-sequences holds a training sequence out; --plateau stops at the last stage once the validation mAP has
+    not improved by --plateau-delta for N evaluations, and descriptor.pt is the best evaluation's weights."""
+    out = tmp_path / "run"
+    args = ["--data", str(tiny), "--out", str(out), "--stages", "denoise,descriptor"] + FAST
+    args += ["--steps", "60", "--val-sequences", "1", "--plateau", "2", "--plateau-delta", "0.5", "--patience", "1"]
+    main(args)
+    split = json.loads((out / "config.json").read_text())["split_sequences"]
+    assert len(split["val"]) == 1 and not set(split["val"]) & set(split["train"]) and split["test"] == ["i_b", "v_d"]
+    rows = [r.split(",") for r in (out / "map_log.csv").read_text().splitlines()[1:]]
+    # the rule restated on the logged curve: the first value is the best (nothing beats it by 0.5); the run stops
+    # at the first evaluation with 2 evaluations since the best, taken at the last stage (stage index 1)
+    since, stop = 0, None
+    for i, (step, _value, stage, _batch) in enumerate(rows):
+        since = 0 if i == 0 else since + 1
+        if since >= 2 and stage == "1":
+            stop = int(step)
+            break
+    assert stop is not None and stop < 60
+    log = (out / "log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,stage,batch,lr" and int(log[-1].split(",")[0]) == stop
+    best = torch.load(out / "descriptor_best.pt", weights_only=True)
+    final = torch.load(out / "descriptor.pt", weights_only=True)
+    last = torch.load(out / "descriptor_last.pt", weights_only=True)
+    assert all(torch.equal(best[k], final[k]) for k in best)
+    assert not all(torch.equal(last[k], final[k]) for k in last)  # training went on after the selected evaluation
+    before = (out / "log.csv").read_text()
+    main(args + ["--resume"])  # a finished plateau run is done: nothing more is trained
+    assert (out / "log.csv").read_text() == before
+
+
+def test_plateau_needs_validation():
+    from tripletkit_hpatches.config import parse
+
+    with pytest.raises(SystemExit, match="--val-sequences"):
+        parse(["--plateau", "3"])
+    with pytest.raises(SystemExit, match="eval-every"):
+        parse(["--plateau", "3", "--val-sequences", "1", "--eval-every", "0"])
+    for flag, value in (("--stage-lr-start", "0"), ("--lr-below", "nan"), ("--smoothing", "1"), ("--hysteresis", "-1")):
+        with pytest.raises(SystemExit, match=flag.lstrip("-").split("-")[0]):
+            parse([flag, value])
+
+
+def test_hold_out_is_fixed_spread_over_kinds_and_checked():
+    from tripletkit_hpatches.stages.data import hold_out
+
+    names = ["i_a", "i_b", "i_c", "v_a", "v_b", "ef_x", "ef_y"]
+    train, val = hold_out(names, 3)
+    assert sorted(train + val) == sorted(names) and len(val) == 3
+    assert {v.split("_")[0] for v in val} == {"i", "v", "ef"}  # one of each kind
+    assert hold_out(list(reversed(names)), 3)[1] == val  # the order of the list does not matter
+    with pytest.raises(SystemExit, match="leaves no training sequence"):
+        hold_out(names, 7)

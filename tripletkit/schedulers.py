@@ -77,7 +77,11 @@ class SteppedBatchScheduler:
         smoothing: EMA factor β of the smoothed loss ``s ← β·s + (1 − β)·loss`` (bias-corrected as Adam does, and
             restarted at every stage change, since a new batch size shifts the loss). 0 disables smoothing.
         guard: go back one stage when, after a step up, the smoothed loss has stayed at or above the threshold
-            for ``guard_patience`` steps (default ``patience``).
+            (plus ``hysteresis``) for ``guard_patience`` steps (default ``patience``).
+        hysteresis: the guard's band: it counts only steps whose smoothed loss is ≥ threshold + hysteresis, and a
+            step inside the band restarts its count. A new stage whose loss hovers just above the threshold then
+            stays and trains, instead of flapping back and forth (advancing still needs the loss below the
+            threshold itself).
         on_change: callbacks called with each [`StageChange`][tripletkit.schedulers.StageChange].
         sync_distributed: average each loss over the replicas (``torch.distributed`` all-reduce) before judging it,
             so that in a DDP run every replica holds the same state and changes stage at the same step. Without an
@@ -99,6 +103,7 @@ class SteppedBatchScheduler:
         smoothing: float = 0.9,
         guard: bool = False,
         guard_patience: int | None = None,
+        hysteresis: float = 0.0,
         on_change: Sequence[Callable[[StageChange], None]] = (),
         sync_distributed: bool = False,
     ) -> None:
@@ -123,6 +128,9 @@ class SteppedBatchScheduler:
         ):  # no silent int(): 2.7 is an error, not 2
             raise ValueError(f"guard_patience must be a positive int, got {guard_patience!r}")
         self.guard_patience = patience if guard_patience is None else guard_patience
+        if isinstance(hysteresis, bool) or not isinstance(hysteresis, (int, float)) or not 0 <= hysteresis < math.inf:
+            raise ValueError(f"hysteresis must be a finite number >= 0, got {hysteresis!r}")
+        self.hysteresis = float(hysteresis)
         self.callbacks = list(on_change)
         self.stage = 0
         self.steps = 0
@@ -203,9 +211,12 @@ class SteppedBatchScheduler:
         if smoothed < self.threshold:
             self._below += 1
             self._above = 0
-        else:
+        elif smoothed >= self.threshold + self.hysteresis:
             self._below = 0
             self._above += 1
+        else:  # inside the guard's band: neither advance nor count towards going back
+            self._below = 0
+            self._above = 0
         if self._below >= self.patience and not self.is_last_stage:
             self._change(self.stage + 1, "advance", smoothed)
             return True

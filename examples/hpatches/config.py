@@ -115,9 +115,26 @@ TRAINING_FLAGS = (
     "memory",
     "judge_every",
     "split",
+    "val_sequences",
+    "smoothing",
+    "guard_patience",
+    "hysteresis",
+    "stage_lr_start",
+    "stage_lr_warmup",
+    "lr_below",
 )
 # what a checkpoint written before a training flag existed trained with
-LEGACY_FLAG_VALUES: dict[str, Any] = {"judge_every": 1, "split": None}
+LEGACY_FLAG_VALUES: dict[str, Any] = {
+    "judge_every": 1,
+    "split": None,
+    "val_sequences": 0,
+    "smoothing": 0.9,
+    "guard_patience": None,
+    "hysteresis": 0.0,
+    "stage_lr_start": 1.0,
+    "stage_lr_warmup": 0,
+    "lr_below": 1.0,
+}
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
 DEFAULTS: dict[str, Any] = dict(
@@ -204,7 +221,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--stages-sk", default=None, help="S×K per stage, e.g. 32x2,32x4 (one entry: a fixed S×K)")
     g.add_argument("--scheduler", default=None, choices=["none", "stepped_batch"])
-    g.add_argument("--patience", type=int, default=50)
+    g.add_argument("--patience", type=int, default=50, help="stepped batch: steps under the threshold to advance")
+    g.add_argument("--smoothing", type=float, default=0.9, help="stepped batch: EMA factor of the judged loss")
+    g.add_argument(
+        "--guard-patience",
+        type=int,
+        default=None,
+        help="stepped batch: steps at or above the threshold (plus --hysteresis) after a step up before going back "
+        "(default 4 × --patience)",
+    )
+    g.add_argument(
+        "--hysteresis",
+        type=float,
+        default=0.0,
+        help="stepped batch: the guard goes back only while the smoothed loss is >= threshold + this",
+    )
+    g.add_argument(
+        "--stage-lr-start",
+        type=float,
+        default=1.0,
+        help="learning rate at a new stage's start, as a fraction of --lr (ramped back over --stage-lr-warmup steps)",
+    )
+    g.add_argument("--stage-lr-warmup", type=int, default=0, help="steps of a stage's learning-rate ramp")
+    g.add_argument(
+        "--lr-below",
+        type=float,
+        default=1.0,
+        help="learning rate × this once the smoothed loss is under the collapse value in a stage",
+    )
     g.add_argument("--steps", type=int, default=300, help="descriptor training steps")
     g.add_argument(
         "--epochs",
@@ -217,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=250,
         help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)",
+    )
+    g.add_argument(
+        "--val-sequences",
+        type=int,
+        default=0,
+        help="hold out this many training sequences for validation (model selection, --plateau, the mAP curve)",
+    )
+    g.add_argument("--val-patches", type=int, default=500, help="patches per validation sequence in the validation mAP")
+    g.add_argument(
+        "--plateau",
+        type=int,
+        default=0,
+        help="stop once validation matching mAP (every --eval-every steps) has not improved for N evaluations, at "
+        "the last batch stage; descriptor.pt is then the best evaluation's weights (0: off; needs --val-sequences)",
+    )
+    g.add_argument(
+        "--plateau-delta", type=float, default=0.002, help="the smallest mAP gain that counts as an improvement"
     )
     g.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     g.add_argument(
@@ -287,6 +348,16 @@ class Config:
     judge_every: int | None
     verification_pairs: int
     queries: int
+    val_sequences: int
+    val_patches: int
+    plateau: int
+    plateau_delta: float
+    smoothing: float
+    guard_patience: int | None
+    hysteresis: float
+    stage_lr_start: float
+    stage_lr_warmup: int
+    lr_below: float
     shared_denoise: bool = False  # set by --experiment all: the denoiser output was copied from another preset
 
     def replace(self, **changes: Any) -> Config:
@@ -353,6 +424,7 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
         "offline_every",
         "verification_pairs",
         "queries",
+        "val_patches",
     ):
         if values[name] < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {values[name]}")
@@ -361,6 +433,22 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {values[name]}")
     if values["judge_every"] is not None and values["judge_every"] < 1:
         raise SystemExit(f"error: --judge-every must be >= 1, got {values['judge_every']}")
+    for name in ("val_sequences", "plateau", "stage_lr_warmup"):
+        if values[name] < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {values[name]}")
+    if values["guard_patience"] is not None and values["guard_patience"] < 1:
+        raise SystemExit(f"error: --guard-patience must be >= 1, got {values['guard_patience']}")
+    for name in ("stage_lr_start", "lr_below"):
+        if not (values[name] > 0 and math.isfinite(values[name])):
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be a finite number > 0, got {values[name]}")
+    if not (0 <= values["hysteresis"] < math.inf and 0 <= values["plateau_delta"] < math.inf):
+        raise SystemExit("error: --hysteresis and --plateau-delta must be finite numbers >= 0")
+    if not 0 <= values["smoothing"] < 1:
+        raise SystemExit(f"error: --smoothing must be in [0, 1), got {values['smoothing']}")
+    if values["plateau"] and not values["val_sequences"]:
+        raise SystemExit("error: --plateau judges validation mAP: it needs --val-sequences N")
+    if values["plateau"] and values["eval_every"] == 0:
+        raise SystemExit("error: --plateau needs validation evaluations: --eval-every must be > 0")
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")
     values.update(stages=stages, stages_sk=_stages_sk(values["stages_sk"]))

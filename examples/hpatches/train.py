@@ -56,7 +56,7 @@ def run(cfg: Config, rt: Runtime) -> dict:
     rt.barrier()
     if not rt.main:
         data = data_folder(cfg.data, cfg.sequences, cfg.out, cfg.seed, progress)
-    ds, split = load_data(data, cfg.seed, progress, cfg.tasks, cfg.split)
+    ds, split = load_data(data, cfg.seed, progress, cfg.tasks, cfg.split, cfg.val_sequences)
     cfg = cfg.replace(data=data, sequences=None).for_data(16 * sum(ds.num_patches(s) for s in split["train"]), rt.world)
     cfg = cfg.for_device(rt.device.type)
     if rt.main:

@@ -7,6 +7,8 @@
   step, so that a compiled or torch-xla step is one graph from the start.
 * [`Plateau`][tripletkit.training.plateau.Plateau]: when a validation metric has stopped improving (patience,
   absolute and relative thresholds, warm-up), and which evaluation was best.
+* [`StageLR`][tripletkit.training.stage_lr.StageLR]: the learning rate per stage (a lower rate at a stage's
+  start, a higher one once the loss is under the collapse value): the study's remedies for a stage that stalls.
 * [`CollapseProbe`][tripletkit.training.probe.CollapseProbe] and [`probe_indices()`][tripletkit.training.probe.probe_indices]: a fixed probe batch judged in eval mode by a collapse monitor.
 * [`TrainingCheckpoint`][tripletkit.training.checkpoint.TrainingCheckpoint]: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
   written atomically and loaded without unpickling code.
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from .plateau import Plateau
     from .probe import CollapseProbe, probe_indices
     from .rng import rng_state, set_rng_state
+    from .stage_lr import StageLR
 
 _LAZY = {
     "atomic_open": ".atomic",
@@ -64,6 +67,7 @@ _LAZY = {
     "probe_indices": ".probe",
     "rng_state": ".rng",
     "set_rng_state": ".rng",
+    "StageLR": ".stage_lr",
 }
 
 
@@ -85,6 +89,7 @@ __all__ = [
     "CollapseProbe",
     "LossBuffer",
     "Plateau",
+    "StageLR",
     "SteppedBatches",
     "TrainingCheckpoint",
     "atomic_open",

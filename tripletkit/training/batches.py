@@ -35,6 +35,7 @@ class SteppedBatches:
         smoothing: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
         guard: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler], but on by default.
         guard_patience: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
+        hysteresis: as in [`SteppedBatchScheduler`][tripletkit.schedulers.SteppedBatchScheduler].
         judge_every: hand the losses to the scheduler every n steps instead of every step. `step()` then keeps
             the loss tensors on their device and reads all n with one device-to-host transfer (one all-reduce under
             DDP), which keeps the step of a torch-xla or CUDA loop free of host syncs. The scheduler sees the same
@@ -75,6 +76,7 @@ class SteppedBatches:
         smoothing: float = 0.9,
         guard: bool = True,
         guard_patience: int | None = None,
+        hysteresis: float = 0.0,
         judge_every: int = 1,
         seed: int = 0,
         small_classes: str = "skip",
@@ -98,6 +100,7 @@ class SteppedBatches:
             smoothing=smoothing,
             guard=guard,
             guard_patience=guard_patience,
+            hysteresis=hysteresis,
             on_change=on_change,
         )
         S, K = self.scheduler.stages[0]

@@ -11,7 +11,7 @@ from tripletkit_hpatches.data import PatchDataset, load_dataset, make_splits
 from tripletkit_hpatches.descriptors import IMAGE_TYPES
 from tripletkit_hpatches.noise import noise_sequence
 
-__all__ = ["extract_sequences", "data_folder", "load_data", "class_labels"]
+__all__ = ["extract_sequences", "data_folder", "load_data", "class_labels", "hold_out"]
 
 
 def extract_sequences(sequences: Path, out: Path, seed: int, progress: bool) -> Path:
@@ -43,12 +43,47 @@ def data_folder(data: Path | None, sequences: Path | None, out: Path, seed: int,
     return data
 
 
+def hold_out(train: list[str], n: int) -> tuple[list[str], list[str]]:
+    """``n`` validation sequences taken from ``train``: (train, validation).
+
+    The choice depends on the names only, never on the training seed, so every seed and preset of a study selects
+    on the same sequences. It is spread over the kinds of sequence (the name's prefix: ``i``, ``v``, ``ef``,
+    ``oxford``...): a seeded order of the names, then one of each kind in turn."""
+    if n >= len(train):
+        raise SystemExit(f"error: --val-sequences {n} leaves no training sequence (the split has {len(train)})")
+    names = sorted(train)  # the same choice whatever order the split lists them in
+    order = [names[i] for i in np.random.default_rng(0).permutation(len(names))]
+    kinds: dict[str, list[str]] = {}
+    for name in order:
+        kinds.setdefault(name.split("_")[0], []).append(name)
+    val: list[str] = []
+    while len(val) < n:
+        for members in kinds.values():
+            if members and len(val) < n:
+                val.append(members.pop(0))
+    return [s for s in train if s not in val], sorted(val)
+
+
 def load_data(
-    data: Path, seed: int, progress: bool, tasks: Path | None = None, split_name: str | None = None
+    data: Path,
+    seed: int,
+    progress: bool,
+    tasks: Path | None = None,
+    split_name: str | None = None,
+    val_sequences: int = 0,
 ) -> tuple[PatchDataset, dict[str, list[str]]]:
     """The dataset (noised with our model when it has no noisy patches) and its split: the benchmark's
     ``split_name`` from ``tasks`` when given (every one of its sequences must be in the data), else the data's
-    ``default`` (or ``a``) split."""
+    ``default`` (or ``a``) split. With ``val_sequences`` the split also has ``val``, held out of ``train``
+    (`hold_out`); otherwise ``val`` is empty."""
+    ds, split = _load_split(data, seed, progress, tasks, split_name)
+    train, val = hold_out(split["train"], val_sequences) if val_sequences else (split["train"], [])
+    return ds, {"train": train, "val": val, "test": split["test"]}
+
+
+def _load_split(
+    data: Path, seed: int, progress: bool, tasks: Path | None, split_name: str | None
+) -> tuple[PatchDataset, dict[str, list[str]]]:
     ds = load_dataset(data, progress=progress)
     if not ds.noisy:  # clean release: noise it with our model so the denoiser has something to learn
         ds.noisy = {

@@ -20,6 +20,8 @@ from tripletkit.training import (
     CheckpointError,
     CollapseProbe,
     LossBuffer,
+    Plateau,
+    StageLR,
     SteppedBatches,
     TrainingCheckpoint,
     atomic_save,
@@ -94,10 +96,13 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
-def _curve_patches(test: list[str], den, sequences: int = 3, patches: int = 500) -> dict:
-    """The learning curve's fixed evaluation set: the first ``patches`` patches of the first ``sequences`` test
-    sequences (all 16 images). It only draws the curve; nothing is selected on it."""
-    return {s: {t: den[s][k][:patches] for k, t in enumerate(IMAGE_TYPES)} for s in test[:sequences]}
+def _curve_patches(split: dict[str, list[str]], den, patches: int = 500) -> dict:
+    """The learning curve's fixed evaluation set (all 16 images of each sequence, its first ``patches`` patches).
+
+    With validation sequences: all of them. This curve selects the model and ends a ``--plateau`` run. Without:
+    the first 3 test sequences. That curve is only drawn; nothing is selected on it."""
+    chosen = split["val"] if split.get("val") else split["test"][:3]
+    return {s: {t: den[s][k][:patches] for k, t in enumerate(IMAGE_TYPES)} for s in chosen}
 
 
 def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, miner: OfflineMiner, rt: Runtime):
@@ -135,6 +140,8 @@ def descriptor_done(cfg: Config) -> bool:
         extra = load_checkpoint(cfg.out / "checkpoint.pt")["extra"]
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    if extra.get("plateaued"):
+        return True
     if cfg.epochs is not None:
         return extra["seen"] >= int(cfg.epochs * extra["train_patches"])
     return extra["step"] >= cfg.steps
@@ -228,8 +235,10 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         cfg.stages_sk if stepped else cfg.stages_sk[:1],
         margin_fn=loss_fn,
         patience=cfg.patience,
+        smoothing=cfg.smoothing,
         guard=True,
-        guard_patience=4 * cfg.patience,
+        guard_patience=4 * cfg.patience if cfg.guard_patience is None else cfg.guard_patience,
+        hysteresis=cfg.hysteresis,
         judge_every=cfg.judge_every,
         seed=cfg.seed,
         rank=rt.rank,
@@ -244,8 +253,11 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     probe = CollapseProbe(
         loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every
     )
+    # the study's remedies for a stalling stage: a lower rate at a stage's start, a higher one under the margin
+    stage_lr = StageLR(opt, start_factor=cfg.stage_lr_start, warmup=cfg.stage_lr_warmup, below_factor=cfg.lr_below)
+    plateau = Plateau(cfg.plateau or 1, min_delta=cfg.plateau_delta)
     gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
-    stateful = {"batches": batches, "augment_rng": gen, "probe": probe}
+    stateful = {"batches": batches, "augment_rng": gen, "probe": probe, "stage_lr": stage_lr, "plateau": plateau}
     if hasattr(loss_fn.miner, "state_dict"):
         stateful["miner"] = loss_fn.miner
     if offline is not None:
@@ -263,11 +275,13 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     mined = extra.get("mined") if extra else None
     log, map_log = cfg.out / "log.csv", cfg.out / "map_log.csv"
     if rt.main:
-        _rewind_log(log, "step,loss,stage,batch", step)
-        _rewind_log(map_log, "step,matching_map", step)
+        _rewind_log(log, "step,loss,stage,batch,lr", step)
+        _rewind_log(map_log, "step,matching_map,stage,batch", step)
     # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
-    curve = _curve_patches(split["test"], den) if rt.main and cfg.eval_every > 0 else None
+    curve = _curve_patches(split, den, cfg.val_patches) if rt.main and cfg.eval_every > 0 else None
+    plateaued = bool(extra.get("plateaued")) if extra else False
+    last_stage = len(batches.scheduler.stages) - 1
     # on XLA the curve runs in chunks of the probe's size: the eval graph the probe compiled serves both
     describe_batch = len(idx) if rt.xla else 1024
     net.train()
@@ -280,7 +294,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     )
     f = log.open("a") if rt.main else None
     try:
-        while (step < cfg.steps) if budget is None else (seen < budget):
+        while ((step < cfg.steps) if budget is None else (seen < budget)) and not plateaued:
             if offline is not None:
                 if mined is None or step % cfg.offline_every == 0:
                     mined = _mine_bank(model, x_all, y_all, offline, rt)
@@ -325,8 +339,9 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             ):
                 for at, value in zip(buffered, losses.read()):
                     batches.step(value)  # under DDP: the replicas' mean (the buffer reduced it)
+                    lr = cfg.lr * stage_lr.update(batches)  # the rate of the next step
                     if f is not None:
-                        f.write(f"{at},{value:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
+                        f.write(f"{at},{value:.6f},{batches.stage},{batches.batch_size * rt.world},{lr:.6g}\n")
                 buffered.clear()
                 postfix = {"loss": f"{value:.3f}", "batch": batches.batch_size * rt.world}
                 if rt.main:
@@ -339,14 +354,33 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
                 score = evaluate_matching(describe(curve, describe_fn), curve)["mean"]
                 model.train()
                 with map_log.open("a") as m:
-                    m.write(f"{step},{score:.6f}\n")
+                    m.write(f"{step},{score:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
+                if cfg.plateau:
+                    if plateau.improves(score):  # model selection on validation: the best weights so far
+                        atomic_save(model.state_dict(), cfg.out / "descriptor_best.pt")
+                    plateau.update(score, step)
+                    # the stopping rule waits for the last batch stage: a plateau at a small batch is not the method's
+                    plateaued = plateau.plateaued and batches.stage == last_stage
+                    ckpt_due = True  # the best weights and the plateau's count are saved together
             if ckpt_due:
                 if f is not None:
                     f.flush()
-                ckpt.save(step=step, seen=seen, train_patches=len(labels), mined=mined, flags=cfg.training_flags())
+                ckpt.save(
+                    step=step,
+                    seen=seen,
+                    train_patches=len(labels),
+                    mined=mined,
+                    flags=cfg.training_flags(),
+                    plateaued=plateaued,
+                )
     finally:
         if f is not None:
             f.close()
     bar.close()
     if rt.main:
-        atomic_save(model.state_dict(), cfg.out / "descriptor.pt")
+        best = cfg.out / "descriptor_best.pt"
+        if cfg.plateau and best.exists():  # selected by validation mAP; the last weights are kept beside it
+            atomic_save(model.state_dict(), cfg.out / "descriptor_last.pt")
+            atomic_save(torch.load(best, weights_only=True, map_location="cpu"), cfg.out / "descriptor.pt")
+        else:
+            atomic_save(model.state_dict(), cfg.out / "descriptor.pt")

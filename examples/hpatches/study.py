@@ -1,0 +1,350 @@
+"""The study reproduced on real sequences: one command from the image sequences to the table (docs/study.md).
+
+    python examples/hpatches/study.py --out runs/study                  # every part, resumable
+    python examples/hpatches/study.py --out runs/study --seeds 0        # one part: seed 0's runs
+    python examples/hpatches/study.py --out runs/study --report         # the table from the runs that finished
+
+The protocol:
+
+1. **Data.** The real sequences (``--sequences``, default ``../shared/data/sequences``) are extracted with the
+   HPatches protocol and noised with our model, once (or ``--data`` names a prepared folder). Its split gives the
+   test sequences, read once, for the table. ``--val-sequences`` of the training sequences are held out for
+   validation (`stages.data.hold_out`: the same ones for every seed and preset).
+2. **One denoiser** (the deep U-Net) is trained on the training sequences and shared by every row, so the rows
+   differ only in the descriptor's training. One set of task files is written for the test sequences and shared too.
+3. **Baselines** (random triplets, SGD 0.1; hinge and soft margin) train until validation matching mAP reaches a
+   plateau (``--plateau`` evaluations without a gain of ``--plateau-delta``), capped at ``--baseline-epochs``.
+   The weights of the best validation evaluation are kept.
+4. **Batch hard** (BH128, BH1024, soft BH1024) starts from the same seed's converged baseline and steps through the
+   study's stages with the scheduler's recommended settings (``--stepping``); it stops at a validation plateau
+   reached at its last stage, capped at ``--bh-epochs``.
+5. **Augmentation**: the batch-hard preset with the best mean validation mAP is trained again with
+   ``--augment random`` and ``pair`` (its own run is the ``none`` row). Chosen by validation, never by the test.
+6. **The table** (``OUT/study.md``, ``.json``, figures): mean ± spread over the seeds on the test sequences, and the
+   issue's targets checked on it.
+
+Each run is ``train.py`` in its own folder (``OUT/runs/<preset>-s<seed>``), with ``--resume``: a killed study
+continues where it stopped; a run counts as done only once its ``done.json`` (written last) exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from tripletkit.training import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TRAIN = HERE / "train.py"
+BH_PRESETS = ("bh128", "bh1024", "soft-bh1024")
+BASELINES = ("baseline", "soft-baseline")
+ROWS = ("baseline", "soft-baseline", "bh128", "bh1024", "soft-bh1024", "augment-random", "augment-pair")
+# The scheduler's recommended settings for the batch-hard presets (docs/study.md, "Making the batches grow"): what
+# the remedy runs showed lets the batch reach 1024. Given to every batch-hard run; --stepping replaces them.
+RECOMMENDED_STEPPING = "--stage-lr-start 0.1 --stage-lr-warmup 100 --lr-below 2 --hysteresis 0.1"
+SHARED_DENOISER = ("denoised.npz", "denoiser.pt", "denoise_log.csv")
+
+__all__ = ["StudyConfig", "Run", "plan", "build_parser", "resolve", "main"]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    out: Path
+    sequences: Path
+    data: Path | None
+    seeds: tuple[int, ...]
+    jobs: int
+    threads: int
+    val_sequences: int
+    val_patches: int
+    denoise_steps: int
+    baseline_epochs: float
+    bh_epochs: float
+    baseline_eval_every: int
+    bh_eval_every: int
+    plateau: int
+    plateau_delta: float
+    stepping: tuple[str, ...]
+    augment: bool
+    rows: tuple[str, ...]
+    verification_pairs: int
+    queries: int
+    report: bool
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``train.py`` run of the study: its row, seed, flags and the run it starts from."""
+
+    row: str
+    seed: int
+    flags: tuple[str, ...]
+    after: tuple[str, ...] = ()  # runs that must be done first (the baseline it starts from, the selection)
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}-s{self.seed}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study.py", description="The study reproduced on real sequences (resumable).")
+    p.add_argument("--out", type=Path, default=Path("runs/study"))
+    p.add_argument("--sequences", type=Path, default=REPO.parent / "shared" / "data" / "sequences")
+    p.add_argument("--data", type=Path, help="a prepared hpatches-release or N-HPatches folder instead of --sequences")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (each gets cores / jobs threads)")
+    p.add_argument("--val-sequences", type=int, default=3)
+    p.add_argument("--val-patches", type=int, default=500)
+    p.add_argument("--denoise-steps", type=int, default=300)
+    p.add_argument("--baseline-epochs", type=float, default=2.0, help="the baselines' cap if no plateau comes first")
+    p.add_argument("--bh-epochs", type=float, default=1.0, help="the batch-hard runs' cap")
+    p.add_argument("--baseline-eval-every", type=int, default=600)
+    p.add_argument("--bh-eval-every", type=int, default=150)
+    p.add_argument("--plateau", type=int, default=4)
+    p.add_argument("--plateau-delta", type=float, default=0.002)
+    p.add_argument(
+        "--stepping",
+        default=RECOMMENDED_STEPPING,
+        help=f"train.py flags of every batch-hard run (default: the recommendation, {RECOMMENDED_STEPPING!r})",
+    )
+    p.add_argument("--no-augment", action="store_true", help="skip the two augmentation runs")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROWS,
+        default=list(ROWS),
+        help="run only these rows (a part of the study; a batch-hard row also runs the baseline it starts from)",
+    )
+    p.add_argument("--verification-pairs", type=int, default=50_000)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--report", action="store_true", help="only write the table from the runs that are done")
+    return p
+
+
+def resolve(ns: argparse.Namespace) -> StudyConfig:
+    if ns.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {ns.jobs}")
+    if ns.data is None and not ns.sequences.is_dir():
+        raise SystemExit(f"error: --sequences {ns.sequences} is not a folder (give --sequences or --data)")
+    if ns.val_sequences < 1 or ns.plateau < 1:
+        raise SystemExit("error: the protocol selects on validation: --val-sequences and --plateau must be >= 1")
+    threads = max(1, (os.cpu_count() or 1) // ns.jobs)
+    return StudyConfig(
+        out=ns.out,
+        sequences=ns.sequences,
+        data=ns.data,
+        seeds=tuple(dict.fromkeys(ns.seeds)),
+        jobs=ns.jobs,
+        threads=threads,
+        val_sequences=ns.val_sequences,
+        val_patches=ns.val_patches,
+        denoise_steps=ns.denoise_steps,
+        baseline_epochs=ns.baseline_epochs,
+        bh_epochs=ns.bh_epochs,
+        baseline_eval_every=ns.baseline_eval_every,
+        bh_eval_every=ns.bh_eval_every,
+        plateau=ns.plateau,
+        plateau_delta=ns.plateau_delta,
+        stepping=tuple(ns.stepping.split()),
+        augment=not ns.no_augment,
+        rows=tuple(ns.rows),
+        verification_pairs=ns.verification_pairs,
+        queries=ns.queries,
+        report=ns.report,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+def _common(cfg: StudyConfig, data: Path) -> tuple[str, ...]:
+    return (
+        "--data", str(data),
+        "--tasks", str(cfg.out / "tasks"),
+        "--split", "default",
+        "--val-sequences", str(cfg.val_sequences),
+        "--val-patches", str(cfg.val_patches),
+        "--denoiser", "deep",
+        "--stages", "descriptor,evaluate",
+        "--plateau", str(cfg.plateau),
+        "--plateau-delta", str(cfg.plateau_delta),
+        "--verification-pairs", str(cfg.verification_pairs),
+        "--queries", str(cfg.queries),
+        "--threads", str(cfg.threads),
+    )  # fmt: skip
+
+
+def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[Run]:
+    """Every run of the study, in an order that respects ``after``. ``augment_from``: the batch-hard preset the
+    augmentation rows repeat (chosen on validation once the batch-hard runs are done)."""
+    runs = []
+    common = _common(cfg, data)
+    for seed in cfg.seeds:
+        s = ("--seed", str(seed))
+        for row in BASELINES:
+            runs.append(
+                Run(
+                    row,
+                    seed,
+                    (*common, *s, "--experiment", row, "--epochs", str(cfg.baseline_epochs),
+                     "--eval-every", str(cfg.baseline_eval_every)),
+                )
+            )  # fmt: skip
+        start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
+        bh = (*common, *s, "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
+              "--eval-every", str(cfg.bh_eval_every), *cfg.stepping)  # fmt: skip
+        for row in BH_PRESETS:
+            runs.append(Run(row, seed, (*bh, "--experiment", row), after=(f"baseline-s{seed}",)))
+        if cfg.augment and augment_from is not None:
+            every_bh = tuple(f"{r}-s{x}" for r in BH_PRESETS for x in cfg.seeds)
+            for mode in ("random", "pair"):
+                runs.append(
+                    Run(f"augment-{mode}", seed, (*bh, "--experiment", augment_from, "--augment", mode), after=every_bh)
+                )
+    return runs
+
+
+def _part(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
+    """The runs of ``cfg.rows`` and every run they start from."""
+    by_name = {r.name: r for r in runs}
+    wanted = {r.name for r in runs if r.row in cfg.rows}
+    grow = list(wanted)
+    while grow:
+        for a in by_name[grow.pop()].after:
+            if a not in wanted:
+                wanted.add(a)
+                grow.append(a)
+    return [r for r in runs if r.name in wanted]
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def _done(cfg: StudyConfig, name: str) -> bool:
+    return (cfg.out / "runs" / name / "done.json").exists()
+
+
+def _execute(cfg: StudyConfig, run: Run) -> Run:
+    folder = cfg.out / "runs" / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in SHARED_DENOISER:  # one denoiser for every row: hard links, not copies of a large file
+        target, source = folder / file, cfg.out / "denoiser" / file
+        if not target.exists():
+            os.link(source, target)
+    cmd = [sys.executable, str(TRAIN), *run.flags, "--out", str(folder), "--resume", "--quiet"]
+    t0 = time.perf_counter()
+    with (folder / "train.log").open("a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if rc != 0:
+        raise RuntimeError(f"{run.name} failed (exit {rc}); see {folder / 'train.log'}")
+    atomic_write_text(
+        folder / "done.json",
+        json.dumps({"command": cmd, "seconds_this_invocation": round(time.perf_counter() - t0, 1)}, indent=1),
+    )
+    return run
+
+
+def run_all(cfg: StudyConfig, runs_for) -> None:
+    """Run what is not done, ``cfg.jobs`` at a time, each once its ``after`` runs are done. ``runs_for()`` is asked
+    again after every finished run (the augmentation runs appear once the selection can be made)."""
+    running: dict[Future, Run] = {}
+    with ThreadPoolExecutor(cfg.jobs) as pool:
+        while True:
+            busy = {r.name for r in running.values()}
+            todo = [r for r in runs_for() if not _done(cfg, r.name) and r.name not in busy]
+            ready = [r for r in todo if all(_done(cfg, a) for a in r.after)]
+            for r in ready[: cfg.jobs - len(running)]:
+                print(f"[study] start {r.name}", flush=True)
+                running[pool.submit(_execute, cfg, r)] = r
+            if not running:
+                if todo:
+                    raise SystemExit(f"error: runs waiting on runs that cannot start: {[r.name for r in todo]}")
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                r = running.pop(fut)
+                fut.result()  # a failed run stops the study (the others finish their current run first)
+                print(f"[study] done {r.name}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def prepare_data(cfg: StudyConfig) -> Path:
+    """The noised dataset the study trains on (extracted and noised once into ``OUT/data``), or ``--data``."""
+    if cfg.data is not None:
+        return cfg.data
+    from tripletkit_hpatches.prepare import noise_dataset
+    from tripletkit_hpatches.stages.data import extract_sequences
+
+    extracted = extract_sequences(cfg.sequences, cfg.out / "data", seed=0, progress=True)
+    noisy = cfg.out / "data" / "noisy"
+    if not (noisy / "dataset.json").exists():  # written last by noise_dataset
+        noise_dataset(extracted, noisy, seed=0, strength=1.0)
+    return noisy
+
+
+def prepare_denoiser_and_tasks(cfg: StudyConfig, data: Path) -> None:
+    """The shared denoiser (``OUT/denoiser``) and the shared task files of the test sequences (``OUT/tasks``)."""
+    den = cfg.out / "denoiser"
+    if not (den / "done.json").exists():
+        cmd = [
+            sys.executable, str(TRAIN), "--data", str(data), "--out", str(den), "--stages", "denoise",
+            "--denoiser", "deep", "--denoise-steps", str(cfg.denoise_steps), "--val-sequences",
+            str(cfg.val_sequences), "--threads", str(os.cpu_count() or 1), "--resume",
+        ]  # fmt: skip
+        print("[study] " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        atomic_write_text(den / "done.json", json.dumps({"command": cmd}, indent=1))
+    import numpy as np
+
+    from tripletkit_hpatches.config import parse
+    from tripletkit_hpatches.stages.data import load_data
+    from tripletkit_hpatches.stages.evaluate import write_tasks
+
+    ds, split = load_data(data, 0, False)
+    tcfg = parse(
+        ["--out", str(cfg.out), "--verification-pairs", str(cfg.verification_pairs), "--queries", str(cfg.queries)]
+    )
+    # the training list of the task files holds the validation sequences too: each run holds the same ones out
+    write_tasks(tcfg, ds, np.load(den / "denoised.npz"), split["test"], sorted(split["train"] + split["val"]))
+
+
+def select_augment_preset(cfg: StudyConfig) -> str | None:
+    """The batch-hard preset with the best mean validation matching mAP over the seeds (None until all are done)."""
+    from tripletkit_hpatches.study_report import best_validation
+
+    if not all(_done(cfg, f"{r}-s{s}") for r in BH_PRESETS for s in cfg.seeds):
+        return None
+    scores = {r: sum(best_validation(cfg.out / "runs" / f"{r}-s{s}") for s in cfg.seeds) for r in BH_PRESETS}
+    return max(scores, key=scores.__getitem__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = resolve(build_parser().parse_args(argv))
+    from tripletkit_hpatches.study_report import write_report
+
+    if not cfg.report:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.out / "study_config.json", json.dumps(_as_json(cfg), indent=1))
+        t0 = time.perf_counter()
+        data = prepare_data(cfg)
+        prepare_denoiser_and_tasks(cfg, data)
+        run_all(cfg, lambda: _part(cfg, plan(cfg, data, select_augment_preset(cfg))))
+        print(f"[study] all runs done ({time.perf_counter() - t0:.0f} s this invocation)")
+    print(write_report(cfg.out, augment_from=select_augment_preset(cfg)))
+    return 0
+
+
+def _as_json(cfg: StudyConfig) -> dict:
+    out = dataclasses.asdict(cfg)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()} | {"argv": sys.argv[1:]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The study's table and figures from its finished runs: ``study.md``, ``study.json``, ``study.png``,
+``study_curves.png`` and ``study_tsne.png`` in the study folder.
+
+Every number is read from a run's own outputs (``results.json``, ``log.csv``, ``map_log.csv``); a run counts only
+once the study marked it done (``done.json``). Spread over seeds is the range, max − min.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tripletkit.training import atomic_write_text
+
+__all__ = ["best_validation", "collect", "targets", "write_report"]
+
+TASKS = ("verification", "matching", "retrieval")
+OURS = "ours (L2-Net)"
+LABELS = {
+    "baseline": "baseline",
+    "soft-baseline": "soft baseline",
+    "bh128": "batch hard 128",
+    "bh1024": "batch hard 1024",
+    "soft-bh1024": "soft batch hard 1024",
+    "augment-random": "augment random",
+    "augment-pair": "augment pair",
+}
+
+
+def best_validation(folder: Path) -> float:
+    """The run's best validation matching mAP (the evaluation its ``descriptor.pt`` was selected at)."""
+    return float(pd.read_csv(folder / "map_log.csv")["matching_map"].max())
+
+
+def _run_row(folder: Path) -> dict:
+    res = json.loads((folder / "results.json").read_text())
+    log = pd.read_csv(folder / "log.csv")
+    maps = pd.read_csv(folder / "map_log.csv")
+    best = maps.loc[maps["matching_map"].idxmax()]
+    return {
+        **{t: res[OURS][t] for t in TASKS},
+        "val_matching": float(best["matching_map"]),
+        "selected_step": int(best["step"]),
+        "steps": int(log["step"].max()),
+        "patches": int(log["batch"].sum()),
+        "largest_batch": int(log["batch"].max()),
+        "largest_batch_at_selection": int(log.loc[log["step"] <= best["step"], "batch"].max()),
+        "sift": {t: res["SIFT"][t] for t in TASKS},
+        "raw": {t: res["raw pixels"][t] for t in TASKS},
+    }
+
+
+def collect(out: Path) -> dict[str, dict[int, dict]]:
+    """``{row: {seed: numbers}}`` for every run of ``out/runs`` marked done."""
+    rows: dict[str, dict[int, dict]] = {}
+    for done in sorted((out / "runs").glob("*/done.json")):
+        row, seed = done.parent.name.rsplit("-s", 1)
+        rows.setdefault(row, {})[int(seed)] = _run_row(done.parent)
+    return rows
+
+
+def _stat(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "spread": float(np.ptp(values)), "values": [float(v) for v in values]}
+
+
+def targets(table: dict[str, dict], chosen: str | None) -> list[dict]:
+    """The issue's three targets, each with the numbers it was judged on (None where a row is missing)."""
+    out = []
+    sift, raw = table.get("SIFT"), table.get("raw pixels")
+    best = table.get(chosen) if chosen else None
+    if best and sift:
+        gains = {t: best[t]["mean"] - sift[t]["mean"] for t in ("matching", "retrieval")}
+        out.append(
+            {
+                "target": f"the best preset by validation ({chosen}) beats SIFT by >= 0.10 on matching and retrieval",
+                "numbers": gains,
+                "met": all(g >= 0.10 for g in gains.values()),
+            }
+        )
+    if "bh1024" in table and "bh128" in table:
+        a, b = table["bh1024"], table["bh128"]
+        gaps = {
+            t: {"gain": a[t]["mean"] - b[t]["mean"], "spread": max(a[t]["spread"], b[t]["spread"])}
+            for t in ("matching", "retrieval")
+        }
+        out.append(
+            {
+                "target": "BH1024 beats BH128 on matching and retrieval by more than the seed spread",
+                "numbers": gaps,
+                "met": all(g["gain"] > g["spread"] for g in gaps.values()),
+            }
+        )
+    if "baseline" in table and raw:
+        gains = {t: table["baseline"][t]["mean"] - raw[t]["mean"] for t in TASKS}
+        out.append(
+            {
+                "target": "the baseline beats raw pixels on all three tasks",
+                "numbers": gains,
+                "met": all(g > 0 for g in gains.values()),
+            }
+        )
+    return out
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.4f} ± {s['spread']:.4f}" if len(s["values"]) > 1 else f"{s['mean']:.4f}"
+
+
+def write_report(out: Path, augment_from: str | None = None) -> str:
+    """Writes the table and figures; returns the markdown."""
+    runs = collect(out)
+    if not runs:
+        return f"no finished runs in {out / 'runs'} yet"
+    table: dict[str, dict] = {}
+    any_run = next(iter(next(iter(runs.values())).values()))
+    for name, key in (("SIFT", "sift"), ("raw pixels", "raw")):
+        values = {json.dumps(r[key], sort_keys=True) for seeds in runs.values() for r in seeds.values()}
+        if len(values) != 1:  # one denoiser, one task set: every run must see the same SIFT and raw-pixel numbers
+            raise ValueError(f"{name} differs between the runs of {out}: they did not share the denoiser and tasks")
+        table[name] = {t: _stat([any_run[key][t]]) for t in TASKS}
+    for row in (r for r in LABELS if r in runs):
+        seeds = runs[row]
+        table[row] = {t: _stat([seeds[s][t] for s in sorted(seeds)]) for t in TASKS} | {
+            "seeds": sorted(seeds),
+            "val_matching": _stat([seeds[s]["val_matching"] for s in sorted(seeds)]),
+            "largest_batch": [seeds[s]["largest_batch"] for s in sorted(seeds)],
+            "largest_batch_at_selection": [seeds[s]["largest_batch_at_selection"] for s in sorted(seeds)],
+            "patches": [seeds[s]["patches"] for s in sorted(seeds)],
+        }
+    checks = targets(table, augment_from)
+    lines = [
+        "| | seeds | verification | matching | retrieval | validation matching | largest batch (at selection) | patches trained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("SIFT", "raw pixels"):
+        lines.append(f"| {name} | | " + " | ".join(_fmt(table[name][t]) for t in TASKS) + " | | | |")
+    for row in (r for r in LABELS if r in table):
+        e = table[row]
+        label = LABELS[row] + (f" ({augment_from})" if row.startswith("augment") and augment_from else "")
+        batches = ", ".join(f"{a} ({b})" for a, b in zip(e["largest_batch"], e["largest_batch_at_selection"]))
+        lines.append(
+            f"| {label} | {', '.join(map(str, e['seeds']))} | "
+            + " | ".join(_fmt(e[t]) for t in TASKS)
+            + f" | {_fmt(e['val_matching'])} | {batches} | {', '.join(f'{p:,}' for p in e['patches'])} |"
+        )
+    lines += ["", "Targets (computed from the table above):", ""]
+    for c in checks:
+        nums = json.dumps(c["numbers"], default=lambda x: round(x, 4))
+        lines.append(f"- {'met' if c['met'] else 'NOT met'}: {c['target']} — {nums}")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "study.md", text)
+    atomic_write_text(
+        out / "study.json", json.dumps({"table": table, "augment_from": augment_from, "targets": checks}, indent=1)
+    )
+    _bars(table, out / "study.png")
+    _curves(out, runs, out / "study_curves.png")
+    if augment_from and (out / "runs" / f"{augment_from}-s0" / "tsne.png").exists():
+        shutil.copyfile(out / "runs" / f"{augment_from}-s0" / "tsne.png", out / "study_tsne.png")
+    return text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def _bars(table: dict, path: Path) -> None:
+    plt = _plt()
+    names = list(table)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, t in zip(axes, TASKS):
+        means = [table[n][t]["mean"] for n in names]
+        errs = [table[n][t]["spread"] / 2 for n in names]
+        ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=["grey", "lightgrey"] + ["C0"] * (len(names) - 2))
+        ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{t} mAP (test sequences; bars: mean, whiskers: seed range)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _curves(out: Path, runs: dict, path: Path) -> None:
+    """Per preset (the first seed): the training loss with the batch size of each stage and its stage changes, and
+    validation matching mAP over the steps."""
+    plt = _plt()
+    rows = [r for r in LABELS if r in runs]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(14, 3 * len(rows)), squeeze=False)
+    for (ax, ax2), row in zip(axes, rows):
+        seed = min(runs[row])
+        folder = out / "runs" / f"{row}-s{seed}"
+        log, maps = pd.read_csv(folder / "log.csv"), pd.read_csv(folder / "map_log.csv")
+        smooth = log["loss"].ewm(alpha=0.05).mean()
+        ax.plot(log["step"], log["loss"], lw=0.3, alpha=0.4, color="C0")
+        ax.plot(log["step"], smooth, lw=1.2, color="C0", label="loss (EMA)")
+        changes = log["step"][log["batch"].diff().fillna(0) != 0]
+        for s in changes:
+            ax.axvline(s, color="k", lw=0.5, ls=":")
+        twin = ax.twinx()
+        twin.step(log["step"], log["batch"], where="post", color="C3", lw=1)
+        twin.set_ylabel("batch", color="C3")
+        ax.set_title(f"{LABELS[row]} (seed {seed}): loss and batch size (dotted: stage changes)", fontsize=9)
+        ax.set_xlabel("step")
+        ax2.plot(maps["step"], maps["matching_map"], marker=".", color="C2")
+        best = maps.loc[maps["matching_map"].idxmax()]
+        ax2.axvline(best["step"], color="C2", ls="--", lw=0.8)
+        ax2.set_title("validation matching mAP (dashed: the selected evaluation)", fontsize=9)
+        ax2.set_xlabel("step")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
