@@ -473,3 +473,28 @@ def test_hold_out_is_fixed_spread_over_kinds_and_checked():
     assert hold_out(list(reversed(names)), 3)[1] == val  # the order of the list does not matter
     with pytest.raises(SystemExit, match="leaves no training sequence"):
         hold_out(names, 7)
+
+
+def test_pair_loss_is_hardnet_on_each_class_first_two_members():
+    from tripletkit import HardNetLoss
+    from tripletkit_hpatches.stages.descriptor import PairLoss
+
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
+    ref = HardNetLoss()
+    labels2 = torch.tensor([5, 5, 1, 1, 9, 9, 0, 0, 3, 3, 7, 7])
+    assert torch.equal(PairLoss(HardNetLoss())(emb, labels2), ref(emb[0::2], emb[1::2]))
+    labels4 = torch.tensor([5] * 4 + [1] * 4 + [9] * 4)  # the probe's K = 4 order: the first two of each class
+    want = ref(emb[[0, 4, 8]], emb[[1, 5, 9]])
+    assert torch.equal(PairLoss(HardNetLoss())(emb, labels4), want)
+    assert PairLoss(HardNetLoss()).collapse_value == 1.0
+    with pytest.raises(ValueError, match="next to each other"):
+        PairLoss(HardNetLoss())(emb, torch.tensor([5, 1] * 6))
+
+
+def test_hardnet_loss_needs_pairs():
+    from tripletkit_hpatches.config import parse
+
+    with pytest.raises(SystemExit, match="K = 2"):
+        parse(["--loss", "hardnet", "--stages-sk", "8x2,8x4"])
+    assert parse(["--experiment", "hardnet"]).stages_sk == ((32, 2), (64, 2), (192, 2), (512, 2))

@@ -87,8 +87,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         stages_sk="32x2,32x4,64x6,128x8",
         scheduler="stepped_batch",
     ),
+    # HardNet's loss (hardest in batch over matching pairs, both directions, margin 1) on the same protocol: K is 2
+    # by its definition, so the batch grows through S alone: 64 → 128 → 384 → 1024
+    "hardnet": dict(
+        denoiser="deep",
+        loss="hardnet",
+        miner="batch_hard",
+        margin_fn="hinge",
+        margin=1.0,
+        optimizer="adam",
+        lr=2e-4,
+        stages_sk="32x2,64x2,192x2,512x2",
+        scheduler="stepped_batch",
+    ),
 }
-INIT_FROM = {"bh128": "baseline", "bh1024": "baseline", "soft-bh1024": "baseline"}
+INIT_FROM = {"bh128": "baseline", "bh1024": "baseline", "soft-bh1024": "baseline", "hardnet": "baseline"}
 
 # the flags whose change alters what a resumed run trains: --resume refuses a change unless --allow-changed-flags
 # (the length --steps / --epochs may change: that is how a run is extended)
@@ -122,6 +135,7 @@ TRAINING_FLAGS = (
     "stage_lr_start",
     "stage_lr_warmup",
     "lr_below",
+    "loss",
 )
 # what a checkpoint written before a training flag existed trained with
 LEGACY_FLAG_VALUES: dict[str, Any] = {
@@ -134,11 +148,13 @@ LEGACY_FLAG_VALUES: dict[str, Any] = {
     "stage_lr_start": 1.0,
     "stage_lr_warmup": 0,
     "lr_below": 1.0,
+    "loss": "triplet",
 }
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
 DEFAULTS: dict[str, Any] = dict(
     denoiser="shallow",
+    loss="triplet",
     miner="batch_hard",
     margin_fn="hinge",
     margin=None,
@@ -203,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--denoise-batch", type=int, default=256)
     g.add_argument("--denoise-lr", type=float, default=1e-3)
     g = p.add_argument_group("descriptor")
+    g.add_argument(
+        "--loss",
+        default=None,
+        choices=["triplet", "hardnet"],
+        help="triplet: --miner's triplets; hardnet: HardNet's loss on the batch's pairs (every stage K = 2)",
+    )
     g.add_argument("--miner", default=None, choices=["random", "batch_hard", "batch_all", "offline"])
     g.add_argument(
         "--offline-every", type=int, default=200, help="offline miner: re-mine the training bank every N steps"
@@ -326,6 +348,7 @@ class Config:
     denoise_epochs: float | None
     denoise_batch: int
     denoise_lr: float
+    loss: str
     miner: str
     offline_every: int
     margin_fn: str
@@ -456,6 +479,11 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
         raise SystemExit("error: --split names a split of the benchmark's task files: it needs --tasks")
     if values["tasks"] is not None and values["split"] is None:
         values["split"] = "a"
+    if values["loss"] == "hardnet":
+        if any(k != 2 for _, k in values["stages_sk"]):
+            raise SystemExit("error: --loss hardnet trains on matching pairs: every --stages-sk entry needs K = 2")
+        if values["memory"] or values["miner"] == "offline":
+            raise SystemExit("error: --loss hardnet mines its own negatives: not with --memory or --miner offline")
     memory = values["memory"]
     if memory < 0:
         raise SystemExit(f"error: --memory must be >= 0, got {memory}")

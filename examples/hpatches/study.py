@@ -45,9 +45,9 @@ from tripletkit.training import atomic_write_text
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TRAIN = HERE / "train.py"
-BH_PRESETS = ("bh128", "bh1024", "soft-bh1024")
+BH_PRESETS = ("bh128", "bh1024", "soft-bh1024", "hardnet")
 BASELINES = ("baseline", "soft-baseline")
-ROWS = ("baseline", "soft-baseline", "bh128", "bh1024", "soft-bh1024", "augment-random", "augment-pair")
+ROWS = ("baseline", "soft-baseline", "bh128", "bh1024", "soft-bh1024", "hardnet", "augment-random", "augment-pair")
 # The scheduler's recommended settings for the batch-hard presets (docs/study.md, "Making the batches grow"): what
 # the remedy runs showed lets the batch reach 1024. Given to every batch-hard run; --stepping replaces them.
 RECOMMENDED_STEPPING = "--stage-lr-start 0.1 --stage-lr-warmup 100 --lr-below 2 --hysteresis 0.1"

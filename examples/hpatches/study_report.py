@@ -26,6 +26,7 @@ LABELS = {
     "bh128": "batch hard 128",
     "bh1024": "batch hard 1024",
     "soft-bh1024": "soft batch hard 1024",
+    "hardnet": "HardNet loss 1024",
     "augment-random": "augment random",
     "augment-pair": "augment pair",
 }

@@ -64,6 +64,33 @@ def augment(x: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Generat
     return out
 
 
+class PairLoss(torch.nn.Module):
+    """HardNet's loss on an S×K batch whose classes come in runs of K (the sampler's and the probe's order): the
+    first two members of each class are the matching pair (anchor, positive)."""
+
+    def __init__(self, loss: torch.nn.Module, check: bool = True) -> None:
+        super().__init__()
+        self.loss, self.check = loss, check
+        self.gather_distributed = False
+
+    @property
+    def collapse_value(self) -> float:
+        return self.loss.collapse_value
+
+    @property
+    def margin_fn(self):  # the scheduler's threshold and the collapse monitor read the loss's margin
+        return self.loss.margin_fn
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = labels.shape[0]
+        k = 2 if not self.check else n // int(torch.unique(labels).numel())
+        groups = labels.view(n // k, k)
+        if self.check and not bool((groups == groups[:, :1]).all()):
+            raise ValueError("PairLoss needs each class's members next to each other (an S×K batch in sampler order)")
+        e = emb.view(n // k, k, -1)
+        return self.loss(e[:, 0], e[:, 1])
+
+
 def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     """The triplet loss of ``--miner``, ``--margin-fn``, ``--margin`` and ``--distance``.
 
@@ -73,6 +100,10 @@ def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     """
     max_k = max(k for _, k in cfg.stages_sk)
     static = rt.static_shapes
+    if cfg.loss == "hardnet":
+        return PairLoss(
+            LOSSES.build("hardnet", margin=cfg.margin, margin_fn=cfg.margin_fn, validate=not static), check=not static
+        )
     miner = {
         "random": {"name": "random", "seed": cfg.seed},
         "batch_hard": {"name": "batch_hard", "max_class_size": max_k if static else None},
@@ -249,7 +280,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     # a torch-xla step is then one graph with no transfer, a CUDA step has no host sync
     losses = LossBuffer(cfg.judge_every, reduce=rt.ddp and not loss_fn.gather_distributed)
     buffered: list[int] = []  # the steps whose losses the buffer holds
-    idx = torch.tensor(probe_indices(labels, S=64, K=4, seed=cfg.seed + 1))
+    idx = torch.tensor(probe_indices(labels, S=64, K=2 if cfg.loss == "hardnet" else 4, seed=cfg.seed + 1))
     probe = CollapseProbe(
         loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every
     )
@@ -258,7 +289,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     plateau = Plateau(cfg.plateau or 1, min_delta=cfg.plateau_delta)
     gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
     stateful = {"batches": batches, "augment_rng": gen, "probe": probe, "stage_lr": stage_lr, "plateau": plateau}
-    if hasattr(loss_fn.miner, "state_dict"):
+    if hasattr(getattr(loss_fn, "miner", None), "state_dict"):
         stateful["miner"] = loss_fn.miner
     if offline is not None:
         stateful["offline"] = offline
