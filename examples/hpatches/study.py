@@ -47,10 +47,29 @@ REPO = HERE.parents[1]
 TRAIN = HERE / "train.py"
 BH_PRESETS = ("bh128", "bh1024", "soft-bh1024", "hardnet")
 BASELINES = ("baseline", "soft-baseline")
-ROWS = ("baseline", "soft-baseline", "bh128", "bh1024", "soft-bh1024", "hardnet", "augment-random", "augment-pair")
 # The scheduler's recommended settings for the batch-hard presets (docs/study.md, "Making the batches grow"): what
 # the remedy runs showed lets the batch reach 1024. Given to every batch-hard run; --stepping replaces them.
 RECOMMENDED_STEPPING = "--stage-lr-start 0.1 --stage-lr-warmup 100 --lr-below 2 --hysteresis 0.1"
+# The remedy runs (docs/study.md, "Making the batches grow"): bh1024 from the baseline, the old scheduler settings
+# and each remedy alone, then together; descriptor only, a fixed patch budget, no selection.
+REMEDIES = {
+    "none": "",
+    "hysteresis": "--hysteresis 0.1",
+    "warm-lr": "--stage-lr-start 0.1 --stage-lr-warmup 100",
+    "lr-below": "--lr-below 2",
+    "all": RECOMMENDED_STEPPING,
+}
+ROWS = (
+    "baseline",
+    "soft-baseline",
+    "bh128",
+    "bh1024",
+    "soft-bh1024",
+    "hardnet",
+    "augment-random",
+    "augment-pair",
+    *(f"remedy-{name}" for name in REMEDIES),
+)
 SHARED_DENOISER = ("denoised.npz", "denoiser.pt", "denoise_log.csv")
 
 __all__ = ["StudyConfig", "Run", "plan", "build_parser", "resolve", "main"]
@@ -69,6 +88,7 @@ class StudyConfig:
     denoise_steps: int
     baseline_epochs: float
     bh_epochs: float
+    remedy_epochs: float
     baseline_eval_every: int
     bh_eval_every: int
     plateau: int
@@ -107,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-steps", type=int, default=300)
     p.add_argument("--baseline-epochs", type=float, default=2.0, help="the baselines' cap if no plateau comes first")
     p.add_argument("--bh-epochs", type=float, default=1.0, help="the batch-hard runs' cap")
+    p.add_argument("--remedy-epochs", type=float, default=0.4, help="the remedy runs' fixed length")
     p.add_argument("--baseline-eval-every", type=int, default=600)
     p.add_argument("--bh-eval-every", type=int, default=150)
     p.add_argument("--plateau", type=int, default=4)
@@ -150,6 +171,7 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         denoise_steps=ns.denoise_steps,
         baseline_epochs=ns.baseline_epochs,
         bh_epochs=ns.bh_epochs,
+        remedy_epochs=ns.remedy_epochs,
         baseline_eval_every=ns.baseline_eval_every,
         bh_eval_every=ns.bh_eval_every,
         plateau=ns.plateau,
@@ -208,6 +230,15 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
                 runs.append(
                     Run(f"augment-{mode}", seed, (*bh, "--experiment", augment_from, "--augment", mode), after=every_bh)
                 )
+    seed = cfg.seeds[0]
+    start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
+    for name, flags in REMEDIES.items():
+        remedy = (
+            *common[: common.index("--stages")], "--stages", "descriptor", "--seed", str(seed), "--threads",
+            str(cfg.threads), "--experiment", "bh1024", "--init-descriptor", str(start), "--epochs",
+            str(cfg.remedy_epochs), "--eval-every", "0", *flags.split(),
+        )  # fmt: skip
+        runs.append(Run(f"remedy-{name}", seed, remedy, after=(f"baseline-s{seed}",)))
     return runs
 
 
@@ -215,6 +246,9 @@ def _part(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
     """The runs of ``cfg.rows`` and every run they start from."""
     by_name = {r.name: r for r in runs}
     wanted = {r.name for r in runs if r.row in cfg.rows}
+    if any(r.startswith("augment") for r in cfg.rows) and not any(r.row.startswith("augment") for r in runs):
+        # the augmentation runs exist once their preset is chosen: run what the choice needs first
+        wanted |= {r.name for r in runs if r.row in BH_PRESETS}
     grow = list(wanted)
     while grow:
         for a in by_name[grow.pop()].after:

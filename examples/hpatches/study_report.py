@@ -56,12 +56,35 @@ def _run_row(folder: Path) -> dict:
 
 
 def collect(out: Path) -> dict[str, dict[int, dict]]:
-    """``{row: {seed: numbers}}`` for every run of ``out/runs`` marked done."""
+    """``{row: {seed: numbers}}`` for every run of ``out/runs`` marked done (the remedy runs aside)."""
     rows: dict[str, dict[int, dict]] = {}
     for done in sorted((out / "runs").glob("*/done.json")):
         row, seed = done.parent.name.rsplit("-s", 1)
-        rows.setdefault(row, {})[int(seed)] = _run_row(done.parent)
+        if not row.startswith("remedy-"):
+            rows.setdefault(row, {})[int(seed)] = _run_row(done.parent)
     return rows
+
+
+def remedy_row(folder: Path) -> dict:
+    """What a remedy run's log says about its stages: the largest batch, when each batch size was first reached,
+    how often the guard went back, and the loss against the threshold at the end."""
+    log = pd.read_csv(folder / "log.csv")
+    first = {int(b): int(log.loc[log["batch"] == b, "step"].min()) for b in sorted(log["batch"].unique())}
+    return {
+        "largest_batch": int(log["batch"].max()),
+        "first_step_at_batch": first,
+        "steps_back": int((log["batch"].diff() < 0).sum()),
+        "steps": int(log["step"].max()),
+        "patches": int(log["batch"].sum()),
+        "final_loss_ema": float(log["loss"].ewm(alpha=0.05).mean().iloc[-1]),
+    }
+
+
+def remedies(out: Path) -> dict[str, dict]:
+    return {
+        d.parent.name.rsplit("-s", 1)[0].removeprefix("remedy-"): remedy_row(d.parent)
+        for d in sorted((out / "runs").glob("remedy-*/done.json"))
+    }
 
 
 def _stat(values: list[float]) -> dict:
@@ -114,8 +137,11 @@ def _fmt(s: dict) -> str:
 def write_report(out: Path, augment_from: str | None = None) -> str:
     """Writes the table and figures; returns the markdown."""
     runs = collect(out)
+    fixes = remedies(out)
+    if fixes:
+        _remedy_curves(out, list(fixes), out / "study_remedies.png")
     if not runs:
-        return f"no finished runs in {out / 'runs'} yet"
+        return f"no finished runs in {out / 'runs'} yet" + _remedy_table(fixes)
     table: dict[str, dict] = {}
     any_run = next(iter(next(iter(runs.values())).values()))
     for name, key in (("SIFT", "sift"), ("raw pixels", "raw")):
@@ -152,16 +178,56 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
     for c in checks:
         nums = json.dumps(c["numbers"], default=lambda x: round(x, 4))
         lines.append(f"- {'met' if c['met'] else 'NOT met'}: {c['target']} — {nums}")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + _remedy_table(fixes)
     atomic_write_text(out / "study.md", text)
     atomic_write_text(
-        out / "study.json", json.dumps({"table": table, "augment_from": augment_from, "targets": checks}, indent=1)
+        out / "study.json",
+        json.dumps({"table": table, "augment_from": augment_from, "targets": checks, "remedies": fixes}, indent=1),
     )
     _bars(table, out / "study.png")
     _curves(out, runs, out / "study_curves.png")
     if augment_from and (out / "runs" / f"{augment_from}-s0" / "tsne.png").exists():
         shutil.copyfile(out / "runs" / f"{augment_from}-s0" / "tsne.png", out / "study_tsne.png")
     return text
+
+
+def _remedy_table(fixes: dict[str, dict]) -> str:
+    if not fixes:
+        return ""
+    lines = [
+        "",
+        "Remedies (bh1024 from the baseline, a fixed patch budget):",
+        "",
+        "| remedy | largest batch | first step at each batch | steps back | loss EMA at the end | patches |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in fixes.items():
+        firsts = ", ".join(f"{b}: {s}" for b, s in r["first_step_at_batch"].items())
+        lines.append(
+            f"| {name} | {r['largest_batch']} | {firsts} | {r['steps_back']} | {r['final_loss_ema']:.4f} | "
+            f"{r['patches']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _remedy_curves(out: Path, names: list[str], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        log = pd.read_csv(out / "runs" / f"remedy-{name}-s0" / "log.csv")
+        ax.plot(log["step"], log["loss"], lw=0.3, alpha=0.4, color="C0")
+        ax.plot(log["step"], log["loss"].ewm(alpha=0.05).mean(), lw=1.2, color="C0")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        for st in log["step"][log["batch"].diff().fillna(0) != 0]:
+            ax.axvline(st, color="k", lw=0.5, ls=":")
+        twin = ax.twinx()
+        twin.step(log["step"], log["batch"], where="post", color="C3", lw=1)
+        twin.set_ylabel("batch", color="C3")
+        ax.set_title(f"remedy: {name} (dashed: the collapse value; dotted: stage changes)", fontsize=9)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _plt():

@@ -1,0 +1,98 @@
+"""examples/hpatches/study.py end to end on a small dataset: the parts, the selection on validation, the table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "examples" / "hpatches" / "study.py"
+
+SMALL = [
+    "--denoise-steps", "2",
+    "--baseline-epochs", "0.04",
+    "--bh-epochs", "0.04",
+    "--remedy-epochs", "0.03",
+    "--baseline-eval-every", "2",
+    "--bh-eval-every", "2",
+    "--plateau", "1",
+    "--val-sequences", "1",
+    "--val-patches", "20",
+    "--verification-pairs", "300",
+    "--queries", "5",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """6 sequences × 180 patches (train 3, validation 1 of them held out, test 2): enough classes for 128×8 and 512×2."""
+    from tripletkit_hpatches.data import write_nhpatches_sequence
+    from tripletkit_hpatches.descriptors import IMAGE_TYPES
+    from tripletkit_hpatches.noise import noise_sequence
+
+    root = tmp_path_factory.mktemp("small_nh")
+    rng = np.random.default_rng(0)
+    names = ("i_a", "i_b", "v_c", "v_d", "i_e", "v_f")
+    for s in names:
+        base = np.kron(rng.integers(0, 256, (180, 8, 8)), np.ones((4, 4))).astype(float)
+        clean = {t: np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8) for t in IMAGE_TYPES}
+        write_nhpatches_sequence(root, s, clean, noise_sequence(clean, s))
+    split = {"default": {"train": ["i_a", "v_c", "i_e", "v_f"], "test": ["i_b", "v_d"]}}
+    (root / "splits.json").write_text(json.dumps(split))
+    return root
+
+
+def _study(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STUDY), *args], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def test_study_part_selection_table_and_resume(small, tmp_path):
+    out = tmp_path / "study"
+    args = ["--data", str(small), "--out", str(out), "--seeds", "0", "--jobs", "2", *SMALL]
+    r = _study([*args, "--rows", "augment-pair", "remedy-none"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = out / "runs"
+    done = sorted(p.parent.name for p in runs.glob("*/done.json"))
+    # the augmentation row needs the selection, which needs every batch-hard preset, which needs the baseline
+    assert done == sorted(
+        ["baseline-s0", "bh128-s0", "bh1024-s0", "soft-bh1024-s0", "hardnet-s0", "augment-pair-s0", "remedy-none-s0"]
+    )
+    # the selection, restated: the batch-hard preset with the best validation matching mAP
+    best_val = {
+        p: pd.read_csv(runs / f"{p}-s0" / "map_log.csv")["matching_map"].max()
+        for p in ("bh128", "bh1024", "soft-bh1024", "hardnet")
+    }
+    chosen = max(best_val, key=best_val.__getitem__)
+    config = json.loads((runs / "augment-pair-s0" / "config.json").read_text())
+    assert config["experiment"] == chosen and config["augment"] == "pair"
+    # every row starts from the same seed's baseline, on the same denoised patches and task files
+    bh = json.loads((runs / "bh1024-s0" / "config.json").read_text())
+    assert bh["init_descriptor"] == str(runs / "baseline-s0" / "descriptor.pt")
+    assert (runs / "bh1024-s0" / "denoised.npz").stat().st_ino == (out / "denoiser" / "denoised.npz").stat().st_ino
+    assert bh["split_sequences"]["val"] and not set(bh["split_sequences"]["val"]) & set(bh["split_sequences"]["train"])
+    # the table's numbers are the runs' own results
+    table = json.loads((out / "study.json").read_text())["table"]
+    ours = json.loads((runs / "baseline-s0" / "results.json").read_text())
+    assert table["baseline"]["matching"]["mean"] == ours["ours (L2-Net)"]["matching"]
+    assert table["raw pixels"]["retrieval"]["mean"] == ours["raw pixels"]["retrieval"]
+    text = (out / "study.md").read_text()
+    assert "| batch hard 1024 |" in text and "| SIFT |" in text and "Remedies" in text
+    gains = {t: table["baseline"][t]["mean"] - table["raw pixels"][t]["mean"] for t in ("verification", "matching")}
+    target = next(t for t in json.loads((out / "study.json").read_text())["targets"] if "raw pixels" in t["target"])
+    assert target["numbers"]["matching"] == pytest.approx(gains["matching"])
+    for name in ("study.png", "study_curves.png", "study_remedies.png"):
+        assert (out / name).stat().st_size > 0
+    # a second invocation trusts the finished runs and starts none
+    again = _study([*args, "--rows", "augment-pair", "remedy-none"])
+    assert again.returncode == 0 and "[study] start" not in again.stdout
+
+
+def test_study_refuses_a_protocol_without_validation(small, tmp_path):
+    r = _study(["--data", str(small), "--out", str(tmp_path / "s"), "--val-sequences", "0"])
+    assert r.returncode != 0 and "validation" in r.stderr
