@@ -498,3 +498,19 @@ def test_hardnet_loss_needs_pairs():
     with pytest.raises(SystemExit, match="K = 2"):
         parse(["--loss", "hardnet", "--stages-sk", "8x2,8x4"])
     assert parse(["--experiment", "hardnet"]).stages_sk == ((32, 2), (64, 2), (192, 2), (512, 2))
+
+
+def test_stage_threshold_and_stage_lr_reach_the_log(tiny, tmp_path):
+    """--threshold-factor scales the collapse value: a threshold no loss reaches advances after --patience steps;
+    --stage-lr-start/--stage-lr-warmup set the logged rate of the new stage's first steps."""
+    out = tmp_path / "run"
+    args = ["--data", str(tiny), "--out", str(out), "--stages", "denoise,descriptor"] + FAST
+    main(args + ["--threshold-factor", "100", "--smoothing", "0", "--stage-lr-start", "0.5", "--stage-lr-warmup", "2"])
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()[1:]]
+    stages = [int(r[2]) for r in rows]
+    assert stages[:3] == [0, 1, 1]  # patience 2: advanced at step 2 (the log shows the stage after the step)
+    lrs = [float(r[4]) for r in rows]
+    # step 1: the base rate; from the change on: 0.5, 0.75, then 1 × the base rate (Adam 2e-4)
+    assert lrs[:5] == pytest.approx([2e-4, 1e-4, 1.5e-4, 2e-4, 2e-4])
+    with pytest.raises(SystemExit, match="threshold-factor"):
+        main(args + ["--threshold-factor", "0"])

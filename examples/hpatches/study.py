@@ -15,9 +15,9 @@ The protocol:
 3. **Baselines** (random triplets, SGD 0.1; hinge and soft margin) train until validation matching mAP reaches a
    plateau (``--plateau`` evaluations without a gain of ``--plateau-delta``), capped at ``--baseline-epochs``.
    The weights of the best validation evaluation are kept.
-4. **Batch hard** (BH128, BH1024, soft BH1024) starts from the same seed's converged baseline and steps through the
-   study's stages with the scheduler's recommended settings (``--stepping``); it stops at a validation plateau
-   reached at its last stage, capped at ``--bh-epochs``.
+4. **Batch hard** (BH128, BH1024, soft BH1024, HardNet's loss) starts from the same seed's converged baseline and
+   steps through the study's stages with the presets' stepping rule; it stops at a validation plateau reached at its
+   last stage, capped at ``--bh-epochs``.
 5. **Augmentation**: the batch-hard preset with the best mean validation mAP is trained again with
    ``--augment random`` and ``pair`` (its own run is the ``none`` row). Chosen by validation, never by the test.
 6. **The table** (``OUT/study.md``, ``.json``, figures): mean ± spread over the seeds on the test sequences, and the
@@ -47,17 +47,17 @@ REPO = HERE.parents[1]
 TRAIN = HERE / "train.py"
 BH_PRESETS = ("bh128", "bh1024", "soft-bh1024", "hardnet")
 BASELINES = ("baseline", "soft-baseline")
-# The scheduler's recommended settings for the batch-hard presets (docs/study.md, "Making the batches grow"): what
-# the remedy runs showed lets the batch reach 1024. Given to every batch-hard run; --stepping replaces them.
-RECOMMENDED_STEPPING = "--stage-lr-start 0.1 --stage-lr-warmup 100 --lr-below 2 --hysteresis 0.1"
-# The remedy runs (docs/study.md, "Making the batches grow"): bh1024 from the baseline, the old scheduler settings
-# and each remedy alone, then together; descriptor only, a fixed patch budget, no selection.
+# The remedy runs (docs/study.md, "Making the batches grow"): bh1024 from the baseline under the study's strict rule
+# (threshold = the collapse value), each remedy, and the presets' rule (1.2 × the collapse value, a 0.1 band);
+# descriptor only, a fixed patch budget, no selection.
+STRICT = "--threshold-factor 1 --hysteresis 0"
+WARM_LR = "--stage-lr-start 0.1 --stage-lr-warmup 100 --lr-below 2"
 REMEDIES = {
-    "none": "",
-    "hysteresis": "--hysteresis 0.1",
-    "warm-lr": "--stage-lr-start 0.1 --stage-lr-warmup 100",
-    "lr-below": "--lr-below 2",
-    "all": RECOMMENDED_STEPPING,
+    "none": STRICT,
+    "hysteresis": "--threshold-factor 1 --hysteresis 0.15",
+    "hysteresis-warm-lr": f"--threshold-factor 1 --hysteresis 0.15 {WARM_LR}",
+    "preset": "",
+    "preset-warm-lr": WARM_LR,
 }
 ROWS = (
     "baseline",
@@ -126,16 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-patches", type=int, default=500)
     p.add_argument("--denoise-steps", type=int, default=300)
     p.add_argument("--baseline-epochs", type=float, default=2.0, help="the baselines' cap if no plateau comes first")
-    p.add_argument("--bh-epochs", type=float, default=1.0, help="the batch-hard runs' cap")
+    p.add_argument("--bh-epochs", type=float, default=0.6, help="the batch-hard runs' cap")
     p.add_argument("--remedy-epochs", type=float, default=0.4, help="the remedy runs' fixed length")
     p.add_argument("--baseline-eval-every", type=int, default=600)
-    p.add_argument("--bh-eval-every", type=int, default=150)
+    p.add_argument("--bh-eval-every", type=int, default=100)
     p.add_argument("--plateau", type=int, default=4)
     p.add_argument("--plateau-delta", type=float, default=0.002)
     p.add_argument(
         "--stepping",
-        default=RECOMMENDED_STEPPING,
-        help=f"train.py flags of every batch-hard run (default: the recommendation, {RECOMMENDED_STEPPING!r})",
+        default="",
+        help="extra train.py flags for every batch-hard run (default none: the presets carry the recommended rule)",
     )
     p.add_argument("--no-augment", action="store_true", help="skip the two augmentation runs")
     p.add_argument(

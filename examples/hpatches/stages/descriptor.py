@@ -265,6 +265,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         labels,
         cfg.stages_sk if stepped else cfg.stages_sk[:1],
         margin_fn=loss_fn,
+        threshold=cfg.threshold_factor * loss_fn.collapse_value,
         patience=cfg.patience,
         smoothing=cfg.smoothing,
         guard=True,
