@@ -96,3 +96,36 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
 def test_study_refuses_a_protocol_without_validation(small, tmp_path):
     r = _study(["--data", str(small), "--out", str(tmp_path / "s"), "--val-sequences", "0"])
     assert r.returncode != 0 and "validation" in r.stderr
+
+
+def test_stage_losses_equal_a_brute_force_batch_hard():
+    import torch
+
+    from tripletkit.samplers import SymmetricSampler
+    from tripletkit_hpatches.stage_losses import stage_losses
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8))
+    model = lambda x: torch.nn.functional.normalize(net(x), dim=1)  # noqa: E731
+    model.train = lambda: None  # no dropout: train mode changes nothing here
+    x = torch.randn(60 * 4, 1, 4, 4)
+    labels = np.repeat(np.arange(60), 4)
+    rows = stage_losses(model, x, labels, [(8, 2), (10, 4)], batches=3)
+    for row, (S, K) in zip(rows, [(8, 2), (10, 4)]):
+        hinge, soft = [], []
+        for i, idx in enumerate(SymmetricSampler(labels, S, K, seed=0)):
+            if i == 3:
+                break
+            e = model(x[idx]).detach().double().numpy()
+            y = labels[idx]
+            d = np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
+            same = y[:, None] == y[None]
+            gap = np.array(
+                [d[a][same[a] & (np.arange(len(y)) != a)].max() - d[a][~same[a]].min() for a in range(len(y))]
+            )
+            hinge.append(np.maximum(gap + 1.0, 0).mean())
+            soft.append(np.log1p(np.exp(gap)).mean())
+        assert row["batch"] == S * K
+        assert row["hinge_mean"] == pytest.approx(np.mean(hinge), abs=1e-5)
+        assert row["softplus_mean"] == pytest.approx(np.mean(soft), abs=1e-5)
+        assert row["hinge_threshold"] == 1.0 and row["softplus_threshold"] == pytest.approx(np.log(2))

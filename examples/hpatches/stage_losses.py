@@ -37,6 +37,7 @@ def stage_losses(
     """Mean and spread of the hinge (α = 1) and soft-margin batch-hard losses per stage, with their thresholds."""
     losses = {"hinge": BatchHardLoss(margin=1.0), "softplus": BatchHardLoss(margin_fn="softplus", margin=0.0)}
     rows = []
+    torch.manual_seed(seed)  # the dropout masks: the same table for the same weights
     model.train()
     for S, K in stages:
         sampler = SymmetricSampler(labels, S, K, seed=seed)

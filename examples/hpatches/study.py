@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-steps", type=int, default=300)
     p.add_argument("--baseline-epochs", type=float, default=2.0, help="the baselines' cap if no plateau comes first")
     p.add_argument("--bh-epochs", type=float, default=0.6, help="the batch-hard runs' cap")
-    p.add_argument("--remedy-epochs", type=float, default=0.4, help="the remedy runs' fixed length")
+    p.add_argument("--remedy-epochs", type=float, default=0.25, help="the remedy runs' fixed length")
     p.add_argument("--baseline-eval-every", type=int, default=600)
     p.add_argument("--bh-eval-every", type=int, default=100)
     p.add_argument("--plateau", type=int, default=4)
