@@ -323,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--plateau-delta", type=float, default=0.002, help="the smallest mAP gain that counts as an improvement"
     )
+    g.add_argument(
+        "--eval-every-patches",
+        type=int,
+        default=0,
+        help="instead of --eval-every: evaluate each time this many more training patches have been used (the "
+        "same spacing in data whatever the batch size of the stage)",
+    )
     g.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     g.add_argument(
         "--memory",
@@ -386,6 +393,7 @@ class Config:
     steps: int
     epochs: float | None
     eval_every: int
+    eval_every_patches: int
     augment: str
     memory: int
     checkpoint_every: int
@@ -495,7 +503,9 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
         raise SystemExit(f"error: --smoothing must be in [0, 1), got {values['smoothing']}")
     if values["plateau"] and not values["val_sequences"]:
         raise SystemExit("error: --plateau judges validation mAP: it needs --val-sequences N")
-    if values["plateau"] and values["eval_every"] == 0:
+    if values["eval_every_patches"] < 0:
+        raise SystemExit(f"error: --eval-every-patches must be >= 0, got {values['eval_every_patches']}")
+    if values["plateau"] and values["eval_every"] == 0 and values["eval_every_patches"] == 0:
         raise SystemExit("error: --plateau needs validation evaluations: --eval-every must be > 0")
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")

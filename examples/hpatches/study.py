@@ -89,8 +89,7 @@ class StudyConfig:
     baseline_epochs: float
     bh_epochs: float
     remedy_epochs: float
-    baseline_eval_every: int
-    bh_eval_every: int
+    eval_patches: int
     plateau: int
     plateau_delta: float
     stepping: tuple[str, ...]
@@ -126,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-patches", type=int, default=500)
     p.add_argument("--denoise-steps", type=int, default=300)
     p.add_argument("--baseline-epochs", type=float, default=2.0, help="the baselines' cap if no plateau comes first")
-    p.add_argument("--bh-epochs", type=float, default=0.6, help="the batch-hard runs' cap")
+    p.add_argument("--bh-epochs", type=float, default=1.5, help="the batch-hard runs' cap")
     p.add_argument("--remedy-epochs", type=float, default=0.25, help="the remedy runs' fixed length")
-    p.add_argument("--baseline-eval-every", type=int, default=600)
-    p.add_argument("--bh-eval-every", type=int, default=100)
+    p.add_argument(
+        "--eval-patches",
+        type=int,
+        default=30_000,
+        help="validate every time this many more training patches have been used (every run, every stage)",
+    )
     p.add_argument("--plateau", type=int, default=4)
     p.add_argument("--plateau-delta", type=float, default=0.002)
     p.add_argument(
@@ -172,8 +175,7 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         baseline_epochs=ns.baseline_epochs,
         bh_epochs=ns.bh_epochs,
         remedy_epochs=ns.remedy_epochs,
-        baseline_eval_every=ns.baseline_eval_every,
-        bh_eval_every=ns.bh_eval_every,
+        eval_patches=ns.eval_patches,
         plateau=ns.plateau,
         plateau_delta=ns.plateau_delta,
         stepping=tuple(ns.stepping.split()),
@@ -216,12 +218,12 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
                     row,
                     seed,
                     (*common, *s, "--experiment", row, "--epochs", str(cfg.baseline_epochs),
-                     "--eval-every", str(cfg.baseline_eval_every)),
+                     "--eval-every-patches", str(cfg.eval_patches)),
                 )
             )  # fmt: skip
         start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
         bh = (*common, *s, "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
-              "--eval-every", str(cfg.bh_eval_every), *cfg.stepping)  # fmt: skip
+              "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping)  # fmt: skip
         for row in BH_PRESETS:
             runs.append(Run(row, seed, (*bh, "--experiment", row), after=(f"baseline-s{seed}",)))
         if cfg.augment and augment_from is not None:

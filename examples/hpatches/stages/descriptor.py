@@ -311,7 +311,8 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         _rewind_log(map_log, "step,matching_map,stage,batch", step)
     # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
-    curve = _curve_patches(split, den, cfg.val_patches) if rt.main and cfg.eval_every > 0 else None
+    evaluating = cfg.eval_every > 0 or cfg.eval_every_patches > 0
+    curve = _curve_patches(split, den, cfg.val_patches) if rt.main and evaluating else None
     plateaued = bool(extra.get("plateaued")) if extra else False
     last_stage = len(batches.scheduler.stages) - 1
     # on XLA the curve runs in chunks of the probe's size: the eval graph the probe compiled serves both
@@ -358,7 +359,11 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             seen += used
             bar.update(used if budget is not None else 1)
             finished = (step == cfg.steps) if budget is None else (seen >= budget)
-            curve_due = curve is not None and (step % cfg.eval_every == 0 or finished)
+            if cfg.eval_every_patches:  # a multiple of the spacing was crossed by this step's patches
+                spaced = seen // cfg.eval_every_patches > (seen - used) // cfg.eval_every_patches
+            else:
+                spaced = step % cfg.eval_every == 0
+            curve_due = curve is not None and (spaced or finished)
             ckpt_due = step % cfg.checkpoint_every == 0 or finished
             # read when the scheduler judges (so stage changes do not depend on the other reasons), or when the
             # log, the probe, the curve or the checkpoint needs the losses
