@@ -514,3 +514,17 @@ def test_stage_threshold_and_stage_lr_reach_the_log(tiny, tmp_path):
     assert lrs[:5] == pytest.approx([2e-4, 1e-4, 1.5e-4, 2e-4, 2e-4])
     with pytest.raises(SystemExit, match="threshold-factor"):
         main(args + ["--threshold-factor", "0"])
+
+
+def test_evaluation_spacing_in_patches_or_off(tiny, tmp_path):
+    """--eval-every-patches evaluates each time a multiple of it is crossed; --eval-every 0 evaluates never."""
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST
+    main(args + ["--out", str(tmp_path / "p"), "--eval-every-patches", "10"])
+    after = [int(r.split(",")[3]) for r in (tmp_path / "p" / "log.csv").read_text().splitlines()[1:]]
+    batches = [4] + after[:-1]  # the log shows the batch size after each step; the first stage is 2x2
+    seen = np.cumsum(batches)
+    want = [i + 1 for i in range(len(seen)) if seen[i] // 10 > (seen[i] - batches[i]) // 10 or i == len(seen) - 1]
+    got = [int(r.split(",")[0]) for r in (tmp_path / "p" / "map_log.csv").read_text().splitlines()[1:]]
+    assert got == want
+    main(args + ["--out", str(tmp_path / "off"), "--eval-every", "0"])
+    assert (tmp_path / "off" / "map_log.csv").read_text().splitlines()[1:] == []

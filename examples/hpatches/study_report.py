@@ -37,6 +37,13 @@ def best_validation(folder: Path) -> float:
     return float(pd.read_csv(folder / "map_log.csv")["matching_map"].max())
 
 
+def _patches_used(folder: Path, log: pd.DataFrame) -> int:
+    """Training patches used: the log's batch column is the size after each step, so each step used the previous
+    row's (the first step: the first stage's S×K)."""
+    s, k = json.loads((folder / "config.json").read_text())["stages_sk"].split(",")[0].split("x")
+    return int(s) * int(k) + int(log["batch"].iloc[:-1].sum())
+
+
 def _run_row(folder: Path) -> dict:
     res = json.loads((folder / "results.json").read_text())
     log = pd.read_csv(folder / "log.csv")
@@ -47,7 +54,7 @@ def _run_row(folder: Path) -> dict:
         "val_matching": float(best["matching_map"]),
         "selected_step": int(best["step"]),
         "steps": int(log["step"].max()),
-        "patches": int(log["batch"].sum()),
+        "patches": _patches_used(folder, log),
         "largest_batch": int(log["batch"].max()),
         "largest_batch_at_selection": int(log.loc[log["step"] <= best["step"], "batch"].max()),
         "sift": {t: res["SIFT"][t] for t in TASKS},
@@ -75,7 +82,7 @@ def remedy_row(folder: Path) -> dict:
         "first_step_at_batch": first,
         "steps_back": int((log["batch"].diff() < 0).sum()),
         "steps": int(log["step"].max()),
-        "patches": int(log["batch"].sum()),
+        "patches": _patches_used(folder, log),
         "final_loss_ema": float(log["loss"].ewm(alpha=0.05).mean().iloc[-1]),
     }
 

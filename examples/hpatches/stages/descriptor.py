@@ -362,7 +362,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             if cfg.eval_every_patches:  # a multiple of the spacing was crossed by this step's patches
                 spaced = seen // cfg.eval_every_patches > (seen - used) // cfg.eval_every_patches
             else:
-                spaced = step % cfg.eval_every == 0
+                spaced = cfg.eval_every > 0 and step % cfg.eval_every == 0
             curve_due = curve is not None and (spaced or finished)
             ckpt_due = step % cfg.checkpoint_every == 0 or finished
             # read when the scheduler judges (so stage changes do not depend on the other reasons), or when the
