@@ -128,3 +128,24 @@ def test_stage_losses_equal_a_brute_force_batch_hard():
         assert row["hinge_mean"] == pytest.approx(np.mean(hinge), abs=1e-5)
         assert row["softplus_mean"] == pytest.approx(np.mean(soft), abs=1e-5)
         assert row["hinge_threshold"] == 1.0 and row["softplus_threshold"] == pytest.approx(np.log(2))
+
+
+def test_pair_stats_against_a_loop():
+    from tripletkit_hpatches.descriptor_stats import pair_stats
+
+    rng = np.random.default_rng(1)
+    ref, tgt = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
+    seq = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    a = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    b = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
+    pos, same, other, hits = [], [], [], 0
+    for i in range(9):
+        dists = [float(np.linalg.norm(a[i] - b[j])) for j in range(9)]
+        hits += int(np.argmin(dists) == i)
+        for j in range(9):
+            (pos if i == j else same if seq[i] == seq[j] else other).append(dists[j])
+    got = pair_stats(ref, tgt, seq)
+    assert got["positive"] == pytest.approx(np.mean(pos))
+    assert got["negative_same_sequence"] == pytest.approx(np.mean(same))
+    assert got["negative_other_sequence"] == pytest.approx(np.mean(other))
+    assert got["nearest_is_match"] == hits / 9
