@@ -210,28 +210,32 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
     augmentation rows repeat (chosen on validation once the batch-hard runs are done)."""
     runs = []
     common = _common(cfg, data)
-    for seed in cfg.seeds:
-        s = ("--seed", str(seed))
-        for row in BASELINES:
-            runs.append(
-                Run(
-                    row,
-                    seed,
-                    (*common, *s, "--experiment", row, "--epochs", str(cfg.baseline_epochs),
-                     "--eval-every-patches", str(cfg.eval_patches)),
-                )
-            )  # fmt: skip
+
+    def baseline(row: str, seed: int) -> Run:
+        return Run(
+            row,
+            seed,
+            (*common, "--seed", str(seed), "--experiment", row, "--epochs", str(cfg.baseline_epochs),
+             "--eval-every-patches", str(cfg.eval_patches)),
+        )  # fmt: skip
+
+    def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
         start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
-        bh = (*common, *s, "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
-              "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping)  # fmt: skip
-        for row in BH_PRESETS:
-            runs.append(Run(row, seed, (*bh, "--experiment", row), after=(f"baseline-s{seed}",)))
-        if cfg.augment and augment_from is not None:
-            every_bh = tuple(f"{r}-s{x}" for r in BH_PRESETS for x in cfg.seeds)
-            for mode in ("random", "pair"):
-                runs.append(
-                    Run(f"augment-{mode}", seed, (*bh, "--experiment", augment_from, "--augment", mode), after=every_bh)
-                )
+        return (*common, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
+                "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
+
+    # the order runs start in: what the most rows need first, each row's seeds together
+    runs += [baseline("baseline", seed) for seed in cfg.seeds]
+    for row in BH_PRESETS:
+        runs += [Run(row, seed, batch_hard(row, seed), after=(f"baseline-s{seed}",)) for seed in cfg.seeds]
+    runs += [baseline("soft-baseline", seed) for seed in cfg.seeds]
+    if cfg.augment and augment_from is not None:
+        every_bh = tuple(f"{r}-s{x}" for r in BH_PRESETS for x in cfg.seeds)
+        for mode in ("random", "pair"):
+            runs += [
+                Run(f"augment-{mode}", seed, batch_hard(augment_from, seed, "--augment", mode), after=every_bh)
+                for seed in cfg.seeds
+            ]
     seed = cfg.seeds[0]
     start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
     for name, flags in REMEDIES.items():
