@@ -229,16 +229,23 @@ def _remedy_curves(out: Path, names: list[str], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
-        log = pd.read_csv(out / "runs" / f"remedy-{name}-s0" / "log.csv")
+        folder = out / "runs" / f"remedy-{name}-s0"
+        log = pd.read_csv(folder / "log.csv")
+        factor = json.loads((folder / "config.json").read_text())["threshold_factor"]
         ax.plot(log["step"], log["loss"], lw=0.3, alpha=0.4, color="C0")
         ax.plot(log["step"], log["loss"].ewm(alpha=0.05).mean(), lw=1.2, color="C0")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        if factor != 1.0:
+            ax.axhline(factor, color="C1", lw=0.8, ls="-.")
         for st in log["step"][log["batch"].diff().fillna(0) != 0]:
             ax.axvline(st, color="k", lw=0.5, ls=":")
         twin = ax.twinx()
         twin.step(log["step"], log["batch"], where="post", color="C3", lw=1)
         twin.set_ylabel("batch", color="C3")
-        ax.set_title(f"remedy: {name} (dashed: the collapse value; dotted: stage changes)", fontsize=9)
+        ax.set_title(
+            f"remedy: {name} (dashed: the collapse value; dash-dot: the threshold {factor} × it; dotted: stage changes)",
+            fontsize=9,
+        )
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     _save(fig, path)
