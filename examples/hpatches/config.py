@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-below",
         type=float,
         default=1.0,
-        help="learning rate × this once the smoothed loss is under the collapse value in a stage",
+        help="learning rate × this once the smoothed loss is under the stage threshold in a stage",
     )
     g.add_argument("--steps", type=int, default=300, help="descriptor training steps")
     g.add_argument(
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every",
         type=int,
         default=250,
-        help="matching mAP on a fixed subset of the test sequences every N steps, for the learning curve (0: off)",
+        help="matching mAP every N steps on the validation sequences (else a fixed subset of the test sequences, only drawn) (0: off)",
     )
     g.add_argument(
         "--val-sequences",
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plateau",
         type=int,
         default=0,
-        help="stop once validation matching mAP (every --eval-every steps) has not improved for N evaluations, at "
+        help="stop once validation matching mAP (at each --eval-every or --eval-every-patches evaluation) has not improved for N evaluations, at "
         "the last batch stage; descriptor.pt is then the best evaluation's weights (0: off; needs --val-sequences)",
     )
     g.add_argument(
