@@ -27,19 +27,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = """
 import json, os, sys
+from pathlib import Path
 import torch_xla
 import torch_xla.runtime as xr
 
-def replica(index):
+def replica(index, out):
     os.environ.update(WORLD_SIZE=str(xr.world_size()), RANK=str(xr.global_ordinal()),
                       LOCAL_RANK=str(xr.local_ordinal()))
     from tripletkit_hpatches.runtime import setup_runtime
     rt = setup_runtime("xla", "auto", False)
-    print(json.dumps({"rank": rt.rank, "world": rt.world, "device": str(rt.device), "ddp": rt.ddp}), flush=True)
+    row = json.dumps({"rank": rt.rank, "world": rt.world, "device": str(rt.device), "ddp": rt.ddp})
+    # one file per replica: two processes printing to one pipe can interleave their lines
+    tmp = Path(out) / f"{os.getpid()}.json.tmp"
+    tmp.write_text(row)
+    tmp.rename(tmp.with_suffix(""))
     rt.close()
 
 if __name__ == "__main__":
-    torch_xla.launch(replica, args=())
+    torch_xla.launch(replica, args=(sys.argv[1],))
 """
 
 
@@ -47,10 +52,14 @@ def test_the_launcher_gives_each_replica_its_rank_in_one_world(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, PJRT_DEVICE="CPU", CPU_NUM_DEVICES="2")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(rows)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert sorted(r["rank"] for r in seen) == [0, 1], done.stdout
+    seen = [json.loads(p.read_text()) for p in sorted(rows.glob("*.json"))]
+    assert sorted(r["rank"] for r in seen) == [0, 1], seen
     assert all(r["world"] == 2 and r["ddp"] and r["device"].startswith("xla") for r in seen), seen
 
 
