@@ -345,9 +345,9 @@ def prepare_denoiser_and_tasks(cfg: StudyConfig, data: Path) -> None:
 
     from tripletkit_hpatches.config import parse
     from tripletkit_hpatches.stages.data import load_data
-    from tripletkit_hpatches.stages.evaluate import _tasks_complete, write_tasks
+    from tripletkit_hpatches.stages.evaluate import tasks_complete, write_tasks
 
-    if _tasks_complete(cfg.out / "tasks"):  # a resumed study: the dataset need not be loaded for them again
+    if tasks_complete(cfg.out / "tasks"):  # a resumed study: the dataset need not be loaded for them again
         return
     ds, split = load_data(data, 0, False)
     tcfg = parse(
