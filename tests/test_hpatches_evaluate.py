@@ -82,9 +82,12 @@ def _reference(desc, tasks_dir):
 
 
 @pytest.mark.parametrize("kind", ["noisy", "constant", "shuffled"])
-def test_equals_the_literal_reference(tasks_dir, kind, monkeypatch):
+@pytest.mark.parametrize("gram", [None, 1], ids=["gram-default", "gram-1"])
+def test_equals_the_literal_reference(tasks_dir, kind, gram, monkeypatch):
     import tripletkit_hpatches.evaluate as ev
 
+    if gram is not None:  # one matching target per Gram matrix
+        monkeypatch.setattr(ev, "_GRAM_ENTRIES", gram)
     desc = make_descriptors(kind)
     want_v, want_m, want_r, pools = _reference(desc, tasks_dir)
     monkeypatch.setattr(ev, "POOL_SIZES", pools)
@@ -302,3 +305,31 @@ def test_cli_json_errors_are_named(tasks_dir, tmp_path, capsys):
     assert str(target) in capsys.readouterr().err
     # a failing write leaves no temporary file behind
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("gram", [None, 1])
+def test_matching_neighbours_are_the_float64_argmin_under_near_ties(seed, gram, monkeypatch):
+    # descriptors far from the origin whose nearest targets differ by less than the float32 Gram can resolve: the
+    # float32 proposal is wrong on many rows, and the exact recheck must give numpy's float64 argmin (first index on
+    # exact ties) and cdist's distance
+    import tripletkit_hpatches.evaluate as ev
+
+    if gram is not None:
+        monkeypatch.setattr(ev, "_GRAM_ENTRIES", gram)
+    rng = np.random.default_rng(seed)
+    n, dim = 40, 16
+    offset = rng.normal(size=dim) * 1e3
+    ref_ = (offset + rng.normal(size=(n, dim))).astype(np.float32)
+    targets = []
+    for _ in range(3):
+        t = ref_[rng.permutation(n)] + rng.normal(size=(n, dim)).astype(np.float32) * np.float32(1e-3)
+        t[::5] = t[1::5]  # exact duplicate rows: the first index must win
+        targets.append(t.astype(np.float32))
+    got = ev._nearest_neighbours(ref_, targets)
+    for t, (nn, dist, unique) in zip(targets, got):
+        exact = np.sqrt(((ref_.astype(np.float64)[:, None, :] - t.astype(np.float64)[None, :, :]) ** 2).sum(2))
+        np.testing.assert_array_equal(nn, exact.argmin(1))
+        # the same float64 sum of squares, up to its summation order
+        np.testing.assert_allclose(dist, exact[np.arange(n), exact.argmin(1)], rtol=1e-15, atol=0)
+        np.testing.assert_array_equal(unique, (exact == exact.min(1, keepdims=True)).sum(1) == 1)

@@ -146,3 +146,24 @@ def test_published_rows_follow_the_split():
     assert all(p.split == "a" or p.split.startswith("a (N-HPatches") for p in a)
     assert all(p.split == "full" for p in published_for("full"))
     assert published_for("default") == []
+
+
+BENCHMARK_FILES = ROOT / "tests" / "data" / "hpatches-benchmark-results"
+
+
+def test_files_the_benchmark_itself_wrote_read_back_to_our_numbers(tasks_dir):  # noqa: F811
+    """The benchmark's own dill pickles (see the folder's README): real lambdas, module namespaces and dill's array
+    constructor, read without building any of them; their numbers are the benchmark's, computed by its code, and
+    equal tripletkit's on the same descriptors and task files."""
+    got = read_reference_results(BENCHMARK_FILES, "noisy", "x")
+    v = got["verification"]
+    assert isinstance(v["e"]["inter"]["balanced"]["fpr"], np.ndarray)  # rebuilt from its state
+    assert v["e"]["inter"]["balanced"]["fpr"].shape == v["e"]["inter"]["balanced"]["tpr"].shape
+    with pytest.raises(KeyError, match="not rebuilt"):
+        got["matching"]["no_such_sequence"]  # the default factory is a stand-in, never the benchmark's lambda
+    summary = reference_summary(got)
+    ours = evaluate(make_descriptors(), tasks_dir, "x", progress=False)
+    # 2 i_ and 2 v_ sequences: the benchmark's i/v average equals the plain mean over sequences
+    assert summary["verification"] == pytest.approx(100 * ours["verification"], abs=1e-6)
+    assert summary["matching"] == pytest.approx(100 * ours["matching"], abs=1e-6)
+    assert summary["retrieval"] == pytest.approx(100 * ours["retrieval"], abs=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -91,7 +92,14 @@ class Runtime:
         if self.ddp:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            # torch-xla's launcher can run the replicas as threads of one process, which share its default group:
+            # the first to close destroys it, and the others must find it gone rather than assert on it
+            with _CLOSE_LOCK:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+
+
+_CLOSE_LOCK = threading.Lock()
 
 
 def pick_precision(name: str, device: torch.device) -> str:

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from tripletkit.training.atomic import atomic_open
-from tripletkit_hpatches.descriptors import valid_sequence_name
+from tripletkit_hpatches.descriptors import _native, valid_sequence_name
+
+if TYPE_CHECKING:  # pandas is imported where it is used: an evaluation reads its task files without it
+    import pandas as pd
 
 __all__ = [
     "Split",
     "VerificationPairs",
     "RetrievalTask",
+    "TaskRows",
     "load_splits",
     "load_split",
     "read_verification",
@@ -65,20 +69,42 @@ class VerificationPairs:
     t2: np.ndarray
     idx2: np.ndarray
     source: str = ""  # the file the rows came from (for messages: "<file> line <n>")
+    # (names, codes1, codes2) with s1 == names[codes1] and s2 == names[codes2], when the reader had them: the
+    # evaluation then indexes sequences without hashing a million strings
+    codes: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.s1)
 
     def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(
             {"s1": self.s1, "t1": self.t1, "idx1": self.idx1, "s2": self.s2, "t2": self.t2, "idx2": self.idx2}
         )
 
 
 @dataclass(frozen=True)
+class TaskRows:
+    """Rows of ``s,idx`` (a retrieval file): sequence names as an object array, patch indices as int64; columns by
+    attribute or by name."""
+
+    s: np.ndarray
+    idx: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.s)
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in ("s", "idx"):
+            raise KeyError(column)
+        return self.s if column == "s" else self.idx
+
+
+@dataclass(frozen=True)
 class RetrievalTask:
-    queries: pd.DataFrame  # columns s, idx
-    distractors: pd.DataFrame  # columns s, idx
+    queries: TaskRows
+    distractors: TaskRows
     queries_source: str = ""
     distractors_source: str = ""
 
@@ -122,15 +148,56 @@ def load_split(tasks_dir: str | os.PathLike, name: str) -> Split:
     return splits[name]
 
 
+Table = dict[str, np.ndarray]  # column → values (names as object arrays, integers as int64)
+Coded = dict[str, tuple[tuple[str, ...], np.ndarray]]  # name column → (distinct names, codes into them)
+
+
+def _read_native(path: Path, columns: list[str], ints: tuple[str, ...]) -> tuple[Table, Coded] | None:
+    """The compiled reader for the plain layout (a header, then names and non-negative integers, comma-separated);
+    None for anything else, which the pandas reader then reads or names."""
+    if _native is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # the pandas reader names it
+    parsed = _native.parse_tasks(data, "".join("i" if c in ints else "s" for c in columns))
+    if parsed is None or parsed[0] != columns:
+        return None
+    _, _, values = parsed
+    table: Table = {}
+    coded: Coded = {}
+    for c, v in zip(columns, values):
+        if c in ints:
+            table[c] = np.frombuffer(v, dtype=np.int64)
+        else:
+            codes, names = np.frombuffer(v[0], dtype=np.int32), tuple(v[1])
+            table[c] = np.asarray(names, dtype=object)[codes]
+            coded[c] = (names, codes)
+    return table, coded
+
+
 def _read_table(
     path: Path, columns: list[str], ints: tuple[str, ...] = (), names: tuple[str, ...] = ()
-) -> pd.DataFrame:
+) -> tuple[Table, Coded]:
     """The CSV with exactly ``columns``; every ``ints`` column holds non-negative integers and every ``names``
-    column valid sequence names. Errors name the file and the line (the header is line 1).
+    column valid sequence names. Errors name the file and the line (the header is line 1). Returns the columns,
+    and for the names columns their distinct values with codes into them when the reader had them.
 
-    Fast path: the C parser reads the integer columns as int64 directly and the names are checked once per distinct
-    value (a file of 1M rows names at most 116 sequences). Only a file that fails it is read again as text, row by
-    row, to name the first bad line."""
+    Fast paths: the compiled reader (plain layout), then pandas' C parser with the integer columns as int64; the
+    names are checked once per distinct value (a file of 1M rows names at most 116 sequences). Only a file that
+    fails both is read again as text, row by row, to name the first bad line."""
+    native = _read_native(path, columns, ints)
+    if native is not None:
+        table, coded = native
+        for c in names:
+            bad = [v for v in coded[c][0] if not valid_sequence_name(v)]
+            if bad:
+                r = int(np.flatnonzero(table[c] == bad[0])[0])
+                raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {bad[0]!r}, not a valid sequence name")
+        return native
+    import pandas as pd
+
     try:
         fast = pd.read_csv(
             path, dtype={c: (np.int64 if c in ints else str) for c in columns}, keep_default_na=False, engine="c"
@@ -146,26 +213,40 @@ def _read_table(
             if bad:
                 r = int(np.flatnonzero(values == bad[0])[0])
                 raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {bad[0]!r}, not a valid sequence name")
-        return fast
+        return {c: fast[c].to_numpy(np.int64 if c in ints else object) for c in columns}, {}
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise TaskFileError(f"{path}: cannot read ({e})") from e
     if list(df.columns) != columns:
         raise TaskFileError(f"{path}: header {list(df.columns)}, expected {columns}")
+    out: Table = {}
     for c in ints:
         text = df[c].to_numpy(object)
         ok = np.array([t.isdigit() and t.isascii() for t in text], dtype=bool)
         if not ok.all():
             r = int(np.flatnonzero(~ok)[0])
             raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {text[r]!r}, not a non-negative integer")
-        df[c] = text.astype(np.int64)
+        out[c] = text.astype(np.int64)
     for c in names:
         values = df[c].to_numpy(object)
         for r, v in enumerate(values):
             if not valid_sequence_name(v):
                 raise TaskFileError(f"{path} line {r + 2}: column {c!r} is {v!r}, not a valid sequence name")
-    return df
+        out[c] = values
+    return {c: out[c] for c in columns}, {}
+
+
+def _shared_codes(coded: Coded, a: str, b: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+    """Codes of two name columns into one list of names (each column was interned on its own)."""
+    if a not in coded or b not in coded:
+        return None
+    names_a, codes_a = coded[a]
+    names_b, codes_b = coded[b]
+    names = tuple(dict.fromkeys(names_a + names_b))
+    where = {n: i for i, n in enumerate(names)}
+    remap = np.array([where[n] for n in names_b], dtype=np.int32)
+    return names, codes_a, remap[codes_b] if len(codes_b) else codes_b
 
 
 def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, VerificationPairs]:
@@ -173,22 +254,23 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
     out = {}
     for kind in VERIF_KINDS:
         path = find_task_file(tasks_dir, f"verif_{kind}_split-{split}.csv")
-        df = _read_table(
+        df, coded = _read_table(
             path, ["s1", "t1", "idx1", "s2", "t2", "idx2"], ints=("t1", "idx1", "t2", "idx2"), names=("s1", "s2")
         )
         for c in ("t1", "t2"):
-            bad = df[c].to_numpy() > 5
+            bad = df[c] > 5
             if bad.any():
                 r = int(np.flatnonzero(bad)[0])
-                raise TaskFileError(f"{path} line {r + 2}: image id {c}={df[c].iloc[r]} is not in 0..5")
+                raise TaskFileError(f"{path} line {r + 2}: image id {c}={df[c][r]} is not in 0..5")
         out[kind] = VerificationPairs(
-            df.s1.to_numpy(object),
-            df.t1.to_numpy(np.int64),
-            df.idx1.to_numpy(np.int64),
-            df.s2.to_numpy(object),
-            df.t2.to_numpy(np.int64),
-            df.idx2.to_numpy(np.int64),
+            df["s1"],
+            df["t1"],
+            df["idx1"],
+            df["s2"],
+            df["t2"],
+            df["idx2"],
             source=str(path),
+            codes=_shared_codes(coded, "s1", "s2"),
         )
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) != 1:
@@ -199,9 +281,8 @@ def read_verification(tasks_dir: str | os.PathLike, split: str) -> dict[str, Ver
 def read_retrieval(tasks_dir: str | os.PathLike, split: str) -> RetrievalTask:
     qp = find_task_file(tasks_dir, f"retr_queries_split-{split}.csv")
     dp = find_task_file(tasks_dir, f"retr_distractors_split-{split}.csv")
-    q = _read_table(qp, ["s", "idx"], ints=("idx",), names=("s",))
-    d = _read_table(dp, ["s", "idx"], ints=("idx",), names=("s",))
-    return RetrievalTask(q, d, str(qp), str(dp))
+    (q, _), (d, _) = (_read_table(p, ["s", "idx"], ints=("idx",), names=("s",)) for p in (qp, dp))
+    return RetrievalTask(TaskRows(q["s"], q["idx"]), TaskRows(d["s"], d["idx"]), str(qp), str(dp))
 
 
 def generate_verification(

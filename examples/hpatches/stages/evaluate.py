@@ -20,7 +20,7 @@ from tripletkit_hpatches.models import L2Net
 from tripletkit_hpatches.published import is_official_split, published_for
 from tripletkit_hpatches.tasks import generate_verification, write_verification
 
-__all__ = ["Evaluation", "run_evaluate", "write_tasks"]
+__all__ = ["Evaluation", "run_evaluate", "write_tasks", "tasks_complete"]
 
 OURS = "ours (L2-Net)"
 
@@ -61,7 +61,7 @@ TASK_FILES = (
 )
 
 
-def _tasks_complete(tasks: Path) -> bool:
+def tasks_complete(tasks: Path) -> bool:
     """Whether ``tasks/manifest.json`` (written last) lists every task file with the size it has now: a set that
     a kill interrupted is regenerated, never trusted because its first file exists."""
     try:
@@ -78,7 +78,7 @@ def write_tasks(cfg: Config, ds: PatchDataset, den, test: list[str], train: list
     seeded, so the files come out the same)."""
     tasks = cfg.out / "tasks"
     tasks.mkdir(exist_ok=True)
-    if _tasks_complete(tasks):
+    if tasks_complete(tasks):
         return tasks
     atomic_write_text(tasks / "splits.json", json.dumps({"default": {"name": "default", "test": test, "train": train}}))
     counts = {s: ds.num_patches(s) for s in test}
