@@ -26,7 +26,7 @@ pytestmark = pytest.mark.xla
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = """
-import json, os, sys
+import json, os, sys, threading
 from pathlib import Path
 import torch_xla
 import torch_xla.runtime as xr
@@ -37,8 +37,9 @@ def replica(index, out):
     from tripletkit_hpatches.runtime import setup_runtime
     rt = setup_runtime("xla", "auto", False)
     row = json.dumps({"rank": rt.rank, "world": rt.world, "device": str(rt.device), "ddp": rt.ddp})
-    # one file per replica: two processes printing to one pipe can interleave their lines
-    tmp = Path(out) / f"{os.getpid()}.json.tmp"
+    # one file per replica (process and thread: the launcher may run replicas as threads of one process), since
+    # replicas printing to one pipe can interleave their lines
+    tmp = Path(out) / f"{index}-{os.getpid()}-{threading.get_ident()}.json.tmp"
     tmp.write_text(row)
     tmp.rename(tmp.with_suffix(""))
     rt.close()
@@ -59,7 +60,11 @@ def test_the_launcher_gives_each_replica_its_rank_in_one_world(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [json.loads(p.read_text()) for p in sorted(rows.glob("*.json"))]
-    assert sorted(r["rank"] for r in seen) == [0, 1], seen
+    assert sorted(r["rank"] for r in seen) == [0, 1], (
+        sorted(p.name for p in rows.iterdir()),
+        seen,
+        done.stdout[-2000:],
+    )
     assert all(r["world"] == 2 and r["ddp"] and r["device"].startswith("xla") for r in seen), seen
 
 
