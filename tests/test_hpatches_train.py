@@ -528,3 +528,30 @@ def test_evaluation_spacing_in_patches_or_off(tiny, tmp_path):
     assert got == want
     main(args + ["--out", str(tmp_path / "off"), "--eval-every", "0"])
     assert (tmp_path / "off" / "map_log.csv").read_text().splitlines()[1:] == []
+
+
+@pytest.mark.parametrize("groups", ["none", "sequence"])
+def test_batch_groups_sequence_keeps_each_batch_in_one_training_sequence(tiny, tmp_path, monkeypatch, groups):
+    from tripletkit.training import batches as batches_module
+
+    seen: list[list[int]] = []
+    original = batches_module.SteppedBatches.__next__
+
+    def record(self):
+        batch = original(self)
+        seen.append(batch)
+        return batch
+
+    monkeypatch.setattr(batches_module.SteppedBatches, "__next__", record)
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor", "--batch-groups", groups] + FAST
+    main(args + ["--out", str(tmp_path / "run"), "--steps", "12"])
+    # the tiny set's 2 training sequences hold 10 patches × 16 images each, one sequence after the other
+    sequences = [{i // 160 for i in batch} for batch in seen]
+    assert len(seen) == 12 and {len(b) for b in seen} == {4, 8}  # both stages (2x2, then 4x2) were drawn
+    if groups == "sequence":
+        assert all(len(s) == 1 for s in sequences), sequences
+        assert {next(iter(s)) for s in sequences} == {0, 1}
+    else:
+        assert any(len(s) == 2 for s in sequences), sequences  # from all sequences: some batch mixes them
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["batch_groups"] == groups

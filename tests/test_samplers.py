@@ -134,3 +134,64 @@ def test_errors():
         SymmetricSampler(labels, 1, 2, small_classes="pad")
     with pytest.raises(ValueError, match="rank must be < world_size"):
         SymmetricSampler(labels, 1, 2, rank=2, world_size=2)
+
+
+@st.composite
+def grouped(draw):
+    """Labels with a group per class (one group id for all of a class's members), shuffled."""
+    n_groups = draw(st.integers(1, 5))
+    class_groups = draw(st.lists(st.integers(0, n_groups - 1), min_size=2, max_size=40))
+    sizes = draw(st.lists(st.integers(2, 5), min_size=len(class_groups), max_size=len(class_groups)))
+    labels = np.repeat(np.arange(len(class_groups)), sizes)
+    groups = np.repeat(np.asarray(class_groups) * 7 - 3, sizes)  # any integer ids
+    perm = np.random.default_rng(draw(st.integers(0, 100))).permutation(len(labels))
+    return labels[perm], groups[perm]
+
+
+@given(data=grouped(), S=st.integers(1, 6), seed=st.integers(0, 50))
+def test_groups_keep_each_batch_in_its_group_and_cover_every_class(data, S, seed):
+    labels, groups = data
+    if S > len(np.unique(labels)):
+        return
+    sampler = SymmetricSampler(labels, S, 2, seed=seed, groups=groups)
+    batches = list(sampler)
+    class_group = {int(c): int(g) for c, g in zip(labels, groups)}
+    members: dict[int, set[int]] = {}
+    for c, g in class_group.items():
+        members.setdefault(g, set()).add(c)
+    # each group is cut into runs of S and no batch crosses a run: ceil(n / S) batches per group
+    assert len(batches) == len(sampler) == sum(-(-len(m) // S) for m in members.values())
+    seen: set[int] = set()
+    for b in batches:
+        classes = labels[b][::2].tolist()  # class-major, K = 2
+        assert len(set(classes)) == S and all((labels[b].reshape(S, 2) == np.asarray(classes)[:, None]).ravel())
+        own = members[class_group[classes[0]]]
+        if len(own) >= S:
+            assert set(classes) <= own  # completed, if short, from its own group
+        else:
+            assert own <= set(classes)  # a group smaller than S: all of it, and others to make S
+        seen.update(classes)
+    assert seen == set(class_group)
+
+
+def test_groups_resume_mid_epoch_and_refuse_a_class_across_groups():
+    labels = np.repeat(np.arange(60), 3)
+    groups = np.repeat(np.arange(60) % 4, 3)
+    full = list(SymmetricSampler(labels, 5, 3, seed=2, groups=groups))
+    sampler = SymmetricSampler(labels, 5, 3, seed=2, groups=groups)
+    it = iter(sampler)
+    head = [next(it) for _ in range(4)]
+    fresh = SymmetricSampler(labels, 5, 3, seed=2, groups=groups)
+    fresh.load_state_dict(sampler.state_dict())
+    assert head + list(fresh) == full
+    assert all(len(set(groups[b].tolist())) == 1 for b in full)  # 15 classes per group, runs of 5
+    bad = groups.copy()
+    bad[7] = 9  # index 7 is class 2's second member
+    with pytest.raises(ValueError, match=r"class 2 spans groups 2 and 9 \(index 7\)"):
+        SymmetricSampler(labels, 5, 3, groups=bad)
+    with pytest.raises(ValueError, match="groups has 3 entries, labels has 180"):
+        SymmetricSampler(labels, 5, 3, groups=[0, 1, 2])
+    with pytest.raises(TypeError, match="groups must be integers"):
+        SymmetricSampler(labels, 5, 3, groups=np.zeros(180))
+    with pytest.raises(ValueError, match="group_run must be >= 1"):
+        SymmetricSampler(labels, 5, 3, groups=groups, group_run=0)

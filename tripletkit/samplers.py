@@ -35,19 +35,19 @@ SAMPLERS: Registry[Any] = Registry("sampler", check=lambda s: hasattr(s, "__iter
 _POLICIES = ("skip", "replace")
 
 
-def _labels_array(labels: object) -> np.ndarray:
+def _labels_array(labels: object, name: str = "labels") -> np.ndarray:
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+            raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
         arr = labels.detach().cpu().numpy()
     else:
         arr = np.asarray(labels)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer)):
-            raise TypeError(f"labels must be integers, got dtype {arr.dtype}")
+            raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
     if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("labels is empty")
+        raise ValueError(f"{name} is empty")
     return arr.astype(np.int64, copy=False)
 
 
@@ -77,6 +77,16 @@ class SymmetricSampler(Sampler[list[int]]):
             sequence, so shards are disjoint; every rank gets the same number of batches (the tail that does not
             divide evenly is dropped).
         world_size: the number of replicas W (1: no sharding).
+        groups: optional, one group id per dataset index (integers, like ``labels``), e.g. the image sequence a patch
+            comes from. A class's members must all be in one group. With groups, each batch draws its classes from
+            one group: every epoch, each group's classes are shuffled and cut into runs of ``group_run`` classes,
+            the runs of all groups are shuffled together, and a batch takes the next S usable classes without
+            crossing the end of a run. A run with fewer than S usable classes (a group's last) is completed with
+            other usable classes of its group, drawn at random, or of other groups once its group has no more. A
+            batch's negatives then come from its own group (HPatches: the same scene, the distractors that matching
+            faces) instead of mostly from other groups. Without groups the order is one shuffle of all classes.
+        group_run: classes per run (default: the S given here). Runs are fixed for the epoch: after a change of S
+            a run longer than S gives several batches, a shorter one is completed as above.
 
     Epochs: each epoch shuffles the usable classes and visits every one of them once, S at a time; the last batch is
     completed with other randomly chosen classes so that every batch has exactly S distinct classes. Within a class
@@ -97,6 +107,8 @@ class SymmetricSampler(Sampler[list[int]]):
         small_classes: str = "skip",
         rank: int = 0,
         world_size: int = 1,
+        groups: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        group_run: int | None = None,
     ) -> None:
         self.labels = _labels_array(labels)
         if small_classes not in _POLICIES:
@@ -113,6 +125,8 @@ class SymmetricSampler(Sampler[list[int]]):
         order = np.argsort(inverse, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(counts)])
         self._members = [order[bounds[i] : bounds[i + 1]] for i in range(len(classes))]
+        self.class_groups = None if groups is None else self._class_groups(groups, inverse, order, bounds)
+        self.group_run = _check_int(S if group_run is None else group_run, "group_run", 1)
         self.epoch = 0
         self._position = 0  # classes of the current epoch's queue already consumed
         self._batch_index = 0  # batches generated in the current epoch (all ranks)
@@ -138,6 +152,25 @@ class SymmetricSampler(Sampler[list[int]]):
             )
         self.S, self.K = S, K
 
+    def _class_groups(
+        self,
+        groups: Sequence[int] | np.ndarray | torch.Tensor,
+        inverse: np.ndarray,
+        order: np.ndarray,
+        bounds: np.ndarray,
+    ) -> np.ndarray:
+        g = _labels_array(groups, "groups")
+        if len(g) != len(self.labels):
+            raise ValueError(f"groups has {len(g)} entries, labels has {len(self.labels)}")
+        first = g[order[bounds[:-1]]]  # each class's first member's group
+        mixed = np.flatnonzero(g != first[inverse])
+        if len(mixed):
+            i = int(mixed[0])
+            raise ValueError(
+                f"class {self.labels[i]} spans groups {first[inverse[i]]} and {g[i]} (index {i}): a class must lie in one group"
+            )
+        return first
+
     @property
     def batch_size(self) -> int:
         return self.S * self.K
@@ -149,40 +182,60 @@ class SymmetricSampler(Sampler[list[int]]):
         self._batch_index = 0
 
     # ------------------------------------------------------------------ iteration
-    def _queue(self) -> np.ndarray:
+    def _queue(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's class order and the end of each run in it (without groups: one run, the whole order)."""
         cached = getattr(self, "_queue_cache", None)
         if cached is None or cached[0] != (self.seed, self.epoch):
             rng = np.random.default_rng([self.seed, self.epoch])
-            self._queue_cache = ((self.seed, self.epoch), rng.permutation(len(self.classes)))
+            if self.class_groups is None:
+                queue = rng.permutation(len(self.classes))
+                ends = np.array([len(queue)])
+            else:
+                runs: list[np.ndarray] = []
+                for g in np.unique(self.class_groups):
+                    members = rng.permutation(np.flatnonzero(self.class_groups == g))
+                    runs.extend(np.split(members, np.arange(self.group_run, len(members), self.group_run)))
+                runs = [runs[i] for i in rng.permutation(len(runs))]
+                queue = np.concatenate(runs)
+                ends = np.cumsum([len(r) for r in runs])
+            self._queue_cache = ((self.seed, self.epoch), (queue, ends))
         return self._queue_cache[1]
 
+    def _usable_mask(self) -> np.ndarray:
+        return self.class_sizes >= (self.K if self.small_classes == "skip" else 2)
+
     def __len__(self) -> int:
-        batches = -(-len(self.usable_classes()) // self.S)
+        self._queue()  # the runs of the current epoch
+        saved = self._position
+        try:
+            self._position = 0
+            batches = self._remaining_batches()
+        finally:
+            self._position = saved
         return batches // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        queue = self._queue()
+        queue, ends = self._queue()
         while True:
             if self._position >= len(queue):
                 break
             batch_index = self._batch_index
-            usable = self.class_sizes >= (self.K if self.small_classes == "skip" else 2)
-            # take the next S usable classes from the queue
+            usable = self._usable_mask()
+            # take the next S usable classes from the queue, never past the end of the current run
             chosen: list[int] = []
             pos = self._position
-            while pos < len(queue) and len(chosen) < self.S:
+            run_end = int(ends[np.searchsorted(ends, pos, side="right")])
+            while pos < run_end and len(chosen) < self.S:
                 c = int(queue[pos])
                 pos += 1
                 if usable[c]:
                     chosen.append(c)
             if not chosen:
                 self._position = pos
-                break
+                continue
             rng = np.random.default_rng([self.seed, self.epoch, batch_index, 1])
             if len(chosen) < self.S:
-                # complete the last batch with other usable classes, so it still has S distinct ones
-                pool = np.setdiff1d(np.flatnonzero(usable), chosen)
-                chosen.extend(int(c) for c in rng.choice(pool, self.S - len(chosen), replace=False))
+                chosen.extend(self._complete(chosen, usable, rng))
             self._position = pos
             self._batch_index = batch_index + 1
             last_full = (self._last_batch_count() // self.world_size) * self.world_size
@@ -196,14 +249,30 @@ class SymmetricSampler(Sampler[list[int]]):
         self._position = 0
         self._batch_index = 0
 
+    def _complete(self, chosen: list[int], usable: np.ndarray, rng: np.random.Generator) -> list[int]:
+        # a short batch (the epoch's last, or a group's last run) is completed with other usable classes, so it
+        # still has S distinct ones: with groups, first from the batch's own group
+        need = self.S - len(chosen)
+        pool = np.setdiff1d(np.flatnonzero(usable), chosen)
+        if self.class_groups is None:
+            return [int(c) for c in rng.choice(pool, need, replace=False)]
+        own = pool[self.class_groups[pool] == self.class_groups[chosen[0]]]
+        picked = [int(c) for c in rng.choice(own, min(need, len(own)), replace=False)]
+        if len(picked) < need:
+            rest = np.setdiff1d(pool, own)
+            picked += [int(c) for c in rng.choice(rest, need - len(picked), replace=False)]
+        return picked
+
     def _last_batch_count(self) -> int:
         # batches in the whole epoch if S and K stay as they are from here on
-        return self._batch_index + -(-self._remaining_usable() // self.S)
+        return self._batch_index + self._remaining_batches()
 
-    def _remaining_usable(self) -> int:
-        queue = self._queue()[self._position :]
-        usable = self.class_sizes >= (self.K if self.small_classes == "skip" else 2)
-        return int(usable[queue].sum())
+    def _remaining_batches(self) -> int:
+        queue, ends = self._queue()
+        upto = np.concatenate([[0], np.cumsum(self._usable_mask()[queue])])  # usable classes before each position
+        starts = np.maximum(np.concatenate([[0], ends[:-1]]), self._position)
+        left = np.where(ends > self._position, upto[ends] - upto[np.minimum(starts, ends)], 0)
+        return int((-(-left // self.S)).sum())
 
     def _draw(self, chosen: list[int], rng: np.random.Generator) -> list[int]:
         batch: list[int] = []
@@ -252,5 +321,11 @@ class SymmetricSampler(Sampler[list[int]]):
     def __repr__(self) -> str:
         return (
             f"SymmetricSampler(S={self.S}, K={self.K}, classes={len(self.classes)}, usable={len(self.usable_classes())}, "
-            f"small_classes={self.small_classes!r}, rank={self.rank}, world_size={self.world_size}, seed={self.seed})"
+            f"small_classes={self.small_classes!r}, rank={self.rank}, world_size={self.world_size}, seed={self.seed}"
+            + (
+                ""
+                if self.class_groups is None
+                else f", groups={len(np.unique(self.class_groups))}, group_run={self.group_run}"
+            )
+            + ")"
         )

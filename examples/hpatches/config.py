@@ -147,6 +147,7 @@ TRAINING_FLAGS = (
     "lr_below",
     "loss",
     "threshold_factor",
+    "batch_groups",
 )
 # what a checkpoint written before a training flag existed trained with
 LEGACY_FLAG_VALUES: dict[str, Any] = {
@@ -161,6 +162,7 @@ LEGACY_FLAG_VALUES: dict[str, Any] = {
     "lr_below": 1.0,
     "loss": "triplet",
     "threshold_factor": 1.0,
+    "batch_groups": "none",
 }
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
@@ -332,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--augment", default="none", choices=["none", "random", "pair"])
     g.add_argument(
+        "--batch-groups",
+        default="none",
+        choices=["none", "sequence"],
+        help="sequence: each batch's classes come from one training sequence, so its negatives are from the same "
+        "scene, as matching's distractors are (none: from all sequences)",
+    )
+    g.add_argument(
         "--memory",
         type=int,
         default=0,
@@ -395,6 +404,7 @@ class Config:
     eval_every: int
     eval_every_patches: int
     augment: str
+    batch_groups: str
     memory: int
     checkpoint_every: int
     monitor_every: int

@@ -42,6 +42,8 @@ class SteppedBatches:
             losses in the same order; a stage change takes effect up to n − 1 steps later than with ``judge_every=1``.
         seed: the sampler's seed. Every batch is a function of ``(seed, epoch, batch index)``.
         small_classes: the sampler's policy for classes with fewer than K samples (``"skip"`` or ``"replace"``).
+        groups: the sampler's groups (e.g. each patch's image sequence): batches then draw their classes from one
+            group at a time, in runs of the first stage's S (see [`SymmetricSampler`][tripletkit.samplers.SymmetricSampler]).
         rank: this replica; default: from the initialised ``torch.distributed`` process group (else 0).
         world_size: the replicas; default: from the process group (else 1).
             Under DDP each replica draws its own shard and the scheduler judges the replicas' *mean* loss, so all
@@ -80,6 +82,7 @@ class SteppedBatches:
         judge_every: int = 1,
         seed: int = 0,
         small_classes: str = "skip",
+        groups: Sequence[int] | np.ndarray | Tensor | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         on_change: Sequence[Callable[[StageChange], None]] = (),
@@ -105,7 +108,14 @@ class SteppedBatches:
         )
         S, K = self.scheduler.stages[0]
         self.sampler = SymmetricSampler(
-            labels, S, K, seed=seed, small_classes=small_classes, rank=self.rank, world_size=self.world_size
+            labels,
+            S,
+            K,
+            seed=seed,
+            small_classes=small_classes,
+            rank=self.rank,
+            world_size=self.world_size,
+            groups=groups,
         )
         for i, (s, k) in enumerate(self.scheduler.stages):
             usable = len(self.sampler.usable_classes(k))

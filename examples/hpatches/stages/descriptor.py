@@ -155,6 +155,11 @@ def _mine_bank(model: torch.nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
     return t.anchor[keep], t.positive[keep], t.negative[keep]
 
 
+def _sequence_ids(ds: PatchDataset, sequences: list[str]) -> np.ndarray:
+    """The training sequence of each patch, in ``class_labels``' order."""
+    return np.repeat(np.arange(len(sequences)), [16 * ds.num_patches(s) for s in sequences])
+
+
 def descriptor_done(cfg: Config) -> bool:
     """Whether ``descriptor.pt`` holds the whole requested training (steps, or the epochs' patch budget) and loads:
     a file that exists but does not load (damaged after the run) is written again from the checkpoint."""
@@ -275,6 +280,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         seed=cfg.seed,
         rank=rt.rank,
         world_size=rt.world,
+        groups=_sequence_ids(ds, split["train"]) if cfg.batch_groups == "sequence" else None,
         reduce=False,  # the loss buffer below hands over the replicas' mean
     )
     # the losses stay on the device until the scheduler judges them (or the log, probe or checkpoint needs them):
