@@ -92,6 +92,32 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
     again = _study([*args, "--rows", "augment-pair", "remedy-none"])
     assert again.returncode == 0 and "[study] start" not in again.stdout
 
+    # a larger budget for the batch-hard rows: the same command continues them (train.py --resume), nothing else
+    def trained(row):
+        from tripletkit.training import load_checkpoint
+
+        return load_checkpoint(runs / row / "checkpoint.pt")["extra"]
+
+    before = trained("bh128-s0")
+    log_before = (runs / "bh128-s0" / "log.csv").read_text()
+    longer = [*args[: args.index("--bh-epochs")], "--bh-epochs", "0.12", *args[args.index("--bh-epochs") + 2 :]]
+    more = _study([*longer, "--rows", "bh128"])
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "[study] start bh128-s0" in more.stdout and "start baseline-s0" not in more.stdout
+    after = trained("bh128-s0")
+    record = json.loads((runs / "bh128-s0" / "done.json").read_text())
+    assert record["flags"][record["flags"].index("--epochs") + 1] == "0.12"
+    # it had stopped at its cap, not on a plateau, so it continued from its checkpoint: the old log is the new head
+    assert not before.get("plateaued") and not after.get("plateaued")
+    assert after["step"] > before["step"] and after["seen"] >= int(0.12 * after["train_patches"]) > before["seen"]
+    assert (runs / "bh128-s0" / "log.csv").read_text().startswith(log_before)
+    # a baseline that would train further under rows that already started from it is refused, before anything runs
+    base = [*longer[: longer.index("--baseline-epochs")], "--baseline-epochs", "0.2"]
+    base += longer[longer.index("--baseline-epochs") + 2 :]
+    refused = _study([*base, "--rows", "bh128"])
+    assert refused.returncode != 0
+    assert "baseline-s0 would train further under the new flags, but bh128-s0 already trained" in refused.stderr
+
 
 def test_study_refuses_a_protocol_without_validation(small, tmp_path):
     r = _study(["--data", str(small), "--out", str(tmp_path / "s"), "--val-sequences", "0"])

@@ -265,8 +265,47 @@ def _part(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-def _done(cfg: StudyConfig, name: str) -> bool:
-    return (cfg.out / "runs" / name / "done.json").exists()
+def _record(cfg: StudyConfig, name: str) -> dict | None:
+    """A finished run's ``done.json`` (None if it has none yet: not finished, or never started)."""
+    path = cfg.out / "runs" / name / "done.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path} does not read as JSON ({e}); delete it to rerun {name}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("command"), list):
+        raise SystemExit(f"error: {path} has no command list; delete it to rerun {name}")
+    return record
+
+
+def _recorded_flags(record: dict) -> list[str]:
+    # done.json files before "flags" was recorded: the train.py flags are the command between the script and --out
+    if "flags" in record:
+        return list(record["flags"])
+    cmd = record["command"]
+    return cmd[2 : cmd.index("--out")] if "--out" in cmd else cmd[2:]
+
+
+def _done(cfg: StudyConfig, run: Run) -> bool:
+    """Finished with the flags the plan asks for now. A run finished under other flags (a larger --bh-epochs, say) is
+    not: it runs again with ``--resume``, which continues its checkpoint to the new budget (a run that stopped on its
+    plateau stays as it is and is only evaluated again)."""
+    record = _record(cfg, run.name)
+    return record is not None and _recorded_flags(record) == list(run.flags)
+
+
+def _check_starts(cfg: StudyConfig, runs: list[Run]) -> None:
+    """A run whose start (an ``after`` run) would train further, while the run itself already trained from that
+    start, would continue from weights that no longer match its start: refused, with the way out."""
+    for run in runs:
+        if (cfg.out / "runs" / run.name / "checkpoint.pt").exists():
+            for name, start in ((a, next((r for r in runs if r.name == a), None)) for a in run.after):
+                if start is not None and _record(cfg, name) is not None and not _done(cfg, start):
+                    raise SystemExit(
+                        f"error: {name} would train further under the new flags, but {run.name} already trained "
+                        f"from its weights; use a new --out (or keep {name}'s budget)"
+                    )
 
 
 def _execute(cfg: StudyConfig, run: Run) -> Run:
@@ -286,7 +325,10 @@ def _execute(cfg: StudyConfig, run: Run) -> Run:
         raise RuntimeError(f"{run.name} failed (exit {rc}); see {folder / 'train.log'}")
     atomic_write_text(
         folder / "done.json",
-        json.dumps({"command": cmd, "seconds_this_invocation": round(time.perf_counter() - t0, 1)}, indent=1),
+        json.dumps(
+            {"command": cmd, "flags": list(run.flags), "seconds_this_invocation": round(time.perf_counter() - t0, 1)},
+            indent=1,
+        ),
     )
     return run
 
@@ -298,8 +340,11 @@ def run_all(cfg: StudyConfig, runs_for) -> None:
     with ThreadPoolExecutor(cfg.jobs) as pool:
         while True:
             busy = {r.name for r in running.values()}
-            todo = [r for r in runs_for() if not _done(cfg, r.name) and r.name not in busy]
-            ready = [r for r in todo if all(_done(cfg, a) for a in r.after)]
+            planned = runs_for()
+            _check_starts(cfg, planned)
+            done = {r.name for r in planned if _done(cfg, r)}
+            todo = [r for r in planned if r.name not in done and r.name not in busy]
+            ready = [r for r in todo if all(a in done for a in r.after)]
             for r in ready[: cfg.jobs - len(running)]:
                 print(f"[study] start {r.name}", flush=True)
                 running[pool.submit(_execute, cfg, r)] = r
@@ -315,6 +360,11 @@ def run_all(cfg: StudyConfig, runs_for) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- stages
+def data_path(cfg: StudyConfig) -> Path:
+    """Where the dataset the study trains on is (``--data``, or the one `prepare_data` makes)."""
+    return cfg.data if cfg.data is not None else cfg.out / "data" / "noisy"
+
+
 def prepare_data(cfg: StudyConfig) -> Path:
     """The noised dataset the study trains on (extracted and noised once into ``OUT/data``), or ``--data``."""
     if cfg.data is not None:
@@ -323,7 +373,7 @@ def prepare_data(cfg: StudyConfig) -> Path:
     from tripletkit_hpatches.stages.data import extract_sequences
 
     extracted = extract_sequences(cfg.sequences, cfg.out / "data", seed=0, progress=True)
-    noisy = cfg.out / "data" / "noisy"
+    noisy = data_path(cfg)
     if not (noisy / "dataset.json").exists():  # written last by noise_dataset
         noise_dataset(extracted, noisy, seed=0, strength=1.0)
     return noisy
@@ -357,11 +407,13 @@ def prepare_denoiser_and_tasks(cfg: StudyConfig, data: Path) -> None:
     write_tasks(tcfg, ds, np.load(den / "denoised.npz"), split["test"], sorted(split["train"] + split["val"]))
 
 
-def select_augment_preset(cfg: StudyConfig) -> str | None:
-    """The batch-hard preset with the best mean validation matching mAP over the seeds (None until all are done)."""
+def select_augment_preset(cfg: StudyConfig, data: Path) -> str | None:
+    """The batch-hard preset with the best mean validation matching mAP over the seeds (None until all are done,
+    under the flags the plan asks for now)."""
     from tripletkit_hpatches.study_report import best_validation
 
-    if not all(_done(cfg, f"{r}-s{s}") for r in BH_PRESETS for s in cfg.seeds):
+    bh = [r for r in plan(cfg, data) if r.row in BH_PRESETS]
+    if not all(_done(cfg, r) for r in bh):
         return None
     scores = {r: sum(best_validation(cfg.out / "runs" / f"{r}-s{s}") for s in cfg.seeds) for r in BH_PRESETS}
     return max(scores, key=scores.__getitem__)
@@ -377,9 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         data = prepare_data(cfg)
         prepare_denoiser_and_tasks(cfg, data)
-        run_all(cfg, lambda: _part(cfg, plan(cfg, data, select_augment_preset(cfg))))
+        run_all(cfg, lambda: _part(cfg, plan(cfg, data, select_augment_preset(cfg, data))))
         print(f"[study] all runs done ({time.perf_counter() - t0:.0f} s this invocation)")
-    print(write_report(cfg.out, augment_from=select_augment_preset(cfg)))
+    print(write_report(cfg.out, augment_from=select_augment_preset(cfg, data_path(cfg))))
     return 0
 
 
