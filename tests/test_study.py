@@ -176,3 +176,47 @@ def test_pair_stats_against_a_loop():
     assert got["negative_same_sequence"] == pytest.approx(np.mean(same))
     assert got["negative_other_sequence"] == pytest.approx(np.mean(other))
     assert got["nearest_is_match"] == hits / 9
+
+
+def _matching_ap_loop(ref: np.ndarray, tgt: np.ndarray) -> float:
+    """HPatches matching AP written out: each reference patch takes its nearest target (first on ties), the N
+    matches are ranked by distance (stable), AP with numpos = N and the benchmark's two-sided precision."""
+    n = len(ref)
+    nn, dist = [], []
+    for i in range(n):
+        d = [float(np.linalg.norm(ref[i] - tgt[j])) for j in range(n)]
+        nn.append(int(np.argmin(d)))
+        dist.append(min(d))
+    order = sorted(range(n), key=lambda i: dist[i])
+    total, hits = 0.0, 0
+    for rank, i in enumerate(order, start=1):
+        if nn[i] == i:
+            hits += 1
+            before = 1.0 if rank == 1 else (hits - 1) / (rank - 1)  # precision just before: 1 at the top
+            total += (before + hits / rank) / 2
+    return total / n
+
+
+def test_descriptor_stats_gives_each_descriptor_the_validation_curves_matching_map(tmp_path, capsys):
+    from tripletkit_hpatches.baselines import raw_pixel_descriptors
+    from tripletkit_hpatches.descriptor_stats import main
+    from tripletkit_hpatches.descriptors import IMAGE_TYPES
+
+    rng = np.random.default_rng(3)
+    seqs = {"i_x": 9, "v_y": 7}
+    den = {s: np.clip(rng.normal(128, 6, (1, n, 32, 32)) + rng.normal(0, 30, (16, n, 32, 32)), 0, 255)
+           for s, n in seqs.items()}  # fmt: skip
+    np.savez(tmp_path / "denoised.npz", **{s: v.astype(np.float32) for s, v in den.items()})
+    split = {"train": ["i_t"], "val": list(seqs), "test": ["v_z"]}
+    (tmp_path / "config.json").write_text(json.dumps({"split_sequences": split, "val_patches": 6}))
+    rows = main(["--run", str(tmp_path), "--descriptor", "--patches", "5", "--threads", "1"])
+    raw = next(r for r in rows if r["descriptor"] == "raw pixels")
+    # the curve's set: the first val_patches (6) of each validation sequence, ref against each of the 15 images
+    aps = []
+    for s in seqs:
+        d = raw_pixel_descriptors(den[s][:, :6].reshape(-1, 32, 32)).reshape(16, 6, -1)
+        aps += [_matching_ap_loop(d[0], d[k]) for k in range(1, len(IMAGE_TYPES))]
+    assert 0.05 < np.mean(aps) < 0.95  # neither trivial nor hopeless, so a wrong set or image would show
+    assert raw["validation_matching"] == pytest.approx(np.mean(aps), abs=1e-9)
+    assert {r["descriptor"] for r in rows} == {"raw pixels", "SIFT"}
+    assert "validation_matching" in capsys.readouterr().out

@@ -39,7 +39,7 @@ from tripletkit_hpatches.models import L2Net
 from tripletkit_hpatches.runtime import Runtime
 from tripletkit_hpatches.stages.data import class_labels
 
-__all__ = ["run_descriptor", "descriptor_done", "augment", "build_loss"]
+__all__ = ["run_descriptor", "descriptor_done", "augment", "build_loss", "curve_patches"]
 
 BANK_CHUNK = 2048
 
@@ -127,7 +127,7 @@ def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
-def _curve_patches(split: dict[str, list[str]], den, patches: int = 500) -> dict:
+def curve_patches(split: dict[str, list[str]], den, patches: int = 500) -> dict:
     """The learning curve's fixed evaluation set (all 16 images of each sequence, its first ``patches`` patches).
 
     With validation sequences: all of them. This curve selects the model and ends a ``--plateau`` run. Without:
@@ -318,7 +318,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     # --epochs is a patch budget: with stepped batches the number of steps is only known at the end
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
     evaluating = cfg.eval_every > 0 or cfg.eval_every_patches > 0
-    curve = _curve_patches(split, den, cfg.val_patches) if rt.main and evaluating else None
+    curve = curve_patches(split, den, cfg.val_patches) if rt.main and evaluating else None
     plateaued = bool(extra.get("plateaued")) if extra else False
     last_stage = len(batches.scheduler.stages) - 1
     # on XLA the curve runs in chunks of the probe's size: the eval graph the probe compiled serves both
