@@ -124,6 +124,27 @@ def test_study_refuses_a_protocol_without_validation(small, tmp_path):
     assert r.returncode != 0 and "validation" in r.stderr
 
 
+def test_study_baseline_margin_reaches_the_hinge_baseline_only(small, tmp_path):
+    from tripletkit_hpatches import study
+
+    def plan(*extra):
+        ns = study.build_parser().parse_args(["--data", str(small), "--out", str(tmp_path / "s"), *extra])
+        return {r.name: r for r in study.plan(study.resolve(ns), small, augment_from="bh128")}
+
+    default, changed = plan(), plan("--baseline-margin", "0.1")
+    # no flag by default: the runs of an earlier study keep matching their done.json
+    assert all("--margin" not in r.flags for r in default.values())
+    flags = list(changed["baseline-s1"].flags)
+    assert flags[flags.index("--margin") + 1] == "0.1" and flags[:-2] == list(default["baseline-s1"].flags)
+    # the soft baseline and the batch-hard rows keep their own flags; the latter start from the new baseline
+    for name in ("soft-baseline-s0", "bh128-s0", "bh1024-s1", "augment-pair-s0", "remedy-none-s0"):
+        assert changed[name].flags == default[name].flags
+    assert changed["bh1024-s1"].after == ("baseline-s1",)
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit, match="--baseline-margin must be a finite number > 0"):
+            plan("--baseline-margin", bad)
+
+
 def test_stage_losses_equal_a_brute_force_batch_hard():
     import torch
 
