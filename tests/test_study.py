@@ -241,3 +241,14 @@ def test_descriptor_stats_gives_each_descriptor_the_validation_curves_matching_m
     assert raw["validation_matching"] == pytest.approx(np.mean(aps), abs=1e-9)
     assert {r["descriptor"] for r in rows} == {"raw pixels", "SIFT"}
     assert "validation_matching" in capsys.readouterr().out
+
+
+def test_descriptor_stats_names_a_missing_file(tmp_path):
+    from tripletkit_hpatches.descriptor_stats import main
+
+    with pytest.raises(SystemExit, match="config.json does not exist"):
+        main(["--run", str(tmp_path)])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "denoised.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="nope.pt does not exist"):
+        main(["--run", str(tmp_path), "--descriptor", str(tmp_path / "nope.pt")])

@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    weights = a.descriptor if a.descriptor is not None else [a.run / "descriptor.pt"]
+    for path in (a.run / "config.json", a.run / "denoised.npz", *weights):
+        if not path.is_file():
+            raise SystemExit(f"error: {path} does not exist (--run needs a train.py run folder; --descriptor its .pt)")
     config = json.loads((a.run / "config.json").read_text())
     seqs = config["split_sequences"]["val"] or config["split_sequences"]["test"]
     den = np.load(a.run / "denoised.npz")
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tgt = np.concatenate([den[s][k][: a.patches] for s in seqs]).astype(np.float32)
     sequence = np.concatenate([np.full(min(a.patches, den[s].shape[1]), i) for i, s in enumerate(seqs)])
     describers = {}
-    for w in a.descriptor if a.descriptor is not None else [a.run / "descriptor.pt"]:
+    for w in weights:
         m = L2Net()
         m.load_state_dict(torch.load(w, weights_only=True, map_location="cpu"))
         describers[str(w)] = model_descriptors(m)
