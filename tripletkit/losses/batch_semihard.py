@@ -42,7 +42,9 @@ class BatchSemiHardLoss(TripletLossBase):
 
     Args:
         margin: ``m``; default 0.2 for the hinge (TFA's default is 1.0: pass ``margin=1.0`` for its loss).
-        margin_fn, distance, validate: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        margin_fn: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        distance: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        validate: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
         reduction: ``"mean"``, ``"mean_active"`` or ``"sum"``.
         max_class_size: ``K`` for S×K batches.
 

@@ -49,7 +49,8 @@ class HardNetLoss(TripletLossBase):
         eps: added under the square root.
         duplicate_threshold: candidates closer than this are treated as duplicates.
         exclusion_penalty: added to duplicates and to the diagonal.
-        reduction, validate: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        reduction: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
+        validate: as in [`BatchHardLoss`][tripletkit.losses.batch_hard.BatchHardLoss].
 
     Example::
 
