@@ -186,13 +186,17 @@ def test_pair_stats_against_a_loop():
     seq = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     a = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     b = tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
-    pos, same, other, hits = [], [], [], 0
+    pos, same, other, hits, active = [], [], [], 0, {1.0: 0, 0.1: 0}
     for i in range(9):
         dists = [float(np.linalg.norm(a[i] - b[j])) for j in range(9)]
         hits += int(np.argmin(dists) == i)
         for j in range(9):
             (pos if i == j else same if seq[i] == seq[j] else other).append(dists[j])
-    got = pair_stats(ref, tgt, seq)
+            for m in active:
+                active[m] += int(j != i and m + dists[i] - dists[j] > 0)
+    got = pair_stats(ref, tgt, seq, (1.0, 0.1))
+    assert got["active_1"] == active[1.0] / 72 and got["active_0.1"] == active[0.1] / 72
+    assert 0 < active[0.1] < active[1.0] < 72  # the two margins differ, so a swapped or ignored margin shows
     assert got["positive"] == pytest.approx(np.mean(pos))
     assert got["negative_same_sequence"] == pytest.approx(np.mean(same))
     assert got["negative_other_sequence"] == pytest.approx(np.mean(other))

@@ -33,19 +33,25 @@ from tripletkit_hpatches.stages.descriptor import curve_patches
 __all__ = ["pair_stats", "main"]
 
 
-def pair_stats(ref: np.ndarray, target: np.ndarray, sequence: np.ndarray) -> dict[str, float]:
-    """``ref[i]`` and ``target[i]`` describe one physical patch; ``sequence[i]`` is its sequence."""
+def pair_stats(
+    ref: np.ndarray, target: np.ndarray, sequence: np.ndarray, margins: tuple[float, ...] = ()
+) -> dict[str, float]:
+    """``ref[i]`` and ``target[i]`` describe one physical patch; ``sequence[i]`` is its sequence. For each margin α
+    in ``margins``, ``active_α`` is the share of triplets (``ref[i]``, ``target[i]``, ``target[j]``), j ≠ i, whose hinge
+    loss ``[α + d(i, i) − d(i, j)]₊`` is non-zero: the triplets a random-triplet loss still takes a gradient from."""
     a = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     b = target / np.linalg.norm(target, axis=1, keepdims=True)
     d = np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0))
     n = len(d)
     same = (sequence[:, None] == sequence[None]) & ~np.eye(n, dtype=bool)
+    gap = np.diag(d)[:, None] - d
+    active = {f"active_{m:g}": float((gap + m > 0)[~np.eye(n, dtype=bool)].mean()) for m in margins}
     return {
         "positive": float(np.diag(d).mean()),
         "negative_same_sequence": float(d[same].mean()),
         "negative_other_sequence": float(d[sequence[:, None] != sequence[None]].mean()),
         "nearest_is_match": float((d.argmin(1) == np.arange(n)).mean()),
-    }
+    } | active
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -55,6 +61,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--init", action="store_true", help="also an untrained L2-Net (torch seed 0)")
     p.add_argument("--patches", type=int, default=300)
     p.add_argument("--image", default="e1", choices=IMAGE_TYPES[1:])
+    p.add_argument(
+        "--margins",
+        type=float,
+        nargs="*",
+        default=[],
+        help="for each hinge margin, the share of triplets (every non-matching target as the negative) still active",
+    )
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
     if a.threads:
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     curve = curve_patches(config["split_sequences"], den, config["val_patches"])
     rows = [
         {"descriptor": name}
-        | pair_stats(fn(ref), fn(tgt), sequence)
+        | pair_stats(fn(ref), fn(tgt), sequence, tuple(a.margins))
         | {"validation_matching": evaluate_matching(describe(curve, fn), curve)["mean"]}
         for name, fn in describers.items()
     ]
