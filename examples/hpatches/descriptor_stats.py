@@ -1,6 +1,7 @@
 """What a descriptor separates: positives, negatives from the same sequence and from other sequences.
 
     python examples/hpatches/descriptor_stats.py --run runs/study/runs/baseline-s0 [--descriptor W.pt ...] [--init]
+        [--margins 1 0.1]
 
 On the run's validation sequences (its ``config.json``), the first ``--patches`` patches of each, between the
 reference image and ``--image`` (default ``e1``): the mean L2 distance of the matching pairs, of the non-matching
