@@ -44,9 +44,10 @@ def pair_stats(
     b = target / np.linalg.norm(target, axis=1, keepdims=True)
     d = np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0))
     n = len(d)
-    same = (sequence[:, None] == sequence[None]) & ~np.eye(n, dtype=bool)
-    gap = np.diag(d)[:, None] - d
-    active = {f"active_{m:g}": float((gap + m > 0)[~np.eye(n, dtype=bool)].mean()) for m in margins}
+    off = ~np.eye(n, dtype=bool)
+    same = (sequence[:, None] == sequence[None]) & off
+    gap = (np.diag(d)[:, None] - d)[off]
+    active = {f"active_{m:g}": float((gap + m > 0).mean()) for m in margins}
     return {
         "positive": float(np.diag(d).mean()),
         "negative_same_sequence": float(d[same].mean()),

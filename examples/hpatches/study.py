@@ -225,7 +225,7 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
 
     def baseline(row: str, seed: int) -> Run:
         # the margin applies to the hinge baseline only: the soft baseline has no margin to set
-        margin = ("--margin", str(cfg.baseline_margin)) if row == "baseline" and cfg.baseline_margin else ()
+        margin = ("--margin", str(cfg.baseline_margin)) if row == "baseline" and cfg.baseline_margin is not None else ()
         return Run(
             row,
             seed,
