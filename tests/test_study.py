@@ -62,11 +62,16 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
     assert done == sorted(
         ["baseline-s0", "bh128-s0", "bh1024-s0", "soft-bh1024-s0", "hardnet-s0", "augment-pair-s0", "remedy-none-s0"]
     )
-    # the selection, restated: the batch-hard preset with the best validation matching mAP
-    best_val = {
-        p: pd.read_csv(runs / f"{p}-s0" / "map_log.csv")["matching_map"].max()
-        for p in ("bh128", "bh1024", "soft-bh1024", "hardnet")
-    }
+
+    # the selection, restated: the batch-hard preset whose selected evaluation (the last one that beat the best
+    # so far by more than --plateau-delta, 0.002 by default) has the best validation matching mAP
+    def selected(run):
+        best = None
+        for v in pd.read_csv(runs / run / "map_log.csv")["matching_map"]:
+            best = v if best is None or v > best + 0.002 else best
+        return best
+
+    best_val = {p: selected(f"{p}-s0") for p in ("bh128", "bh1024", "soft-bh1024", "hardnet")}
     chosen = max(best_val, key=best_val.__getitem__)
     config = json.loads((runs / "augment-pair-s0" / "config.json").read_text())
     assert config["experiment"] == chosen and config["augment"] == "pair"
@@ -256,3 +261,62 @@ def test_descriptor_stats_names_a_missing_file(tmp_path):
     (tmp_path / "denoised.npz").write_bytes(b"")
     with pytest.raises(SystemExit, match="nope.pt does not exist"):
         main(["--run", str(tmp_path), "--descriptor", str(tmp_path / "nope.pt")])
+
+
+def _fake_run(folder: Path, maps: list[float], margin: float, seed: int) -> None:
+    """A finished baseline run's files, written by hand: what the report reads, with known numbers."""
+    folder.mkdir(parents=True)
+    config = {"experiment": "baseline", "margin_fn": "hinge", "margin": margin, "plateau": 4, "plateau_delta": 0.002}
+    (folder / "config.json").write_text(json.dumps(config | {"stages_sk": "25x2"}))
+    steps = [100 * (i + 1) for i in range(len(maps))]
+    (folder / "map_log.csv").write_text(
+        "step,matching_map,stage,batch\n" + "".join(f"{s},{v},0,50\n" for s, v in zip(steps, maps))
+    )
+    (folder / "log.csv").write_text(
+        "step,loss,stage,batch,lr\n" + "".join(f"{s},0.5,0,50,0.1\n" for s in range(1, steps[-1] + 1))
+    )
+    tasks = {"verification": 0.6 + seed / 100, "matching": 0.08, "retrieval": 0.3}
+    ref = {"verification": 0.5, "matching": 0.1, "retrieval": 0.4}
+    results = {"ours (L2-Net)": tasks, "SIFT": ref, "raw pixels": ref}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "done.json").write_text(json.dumps({"command": [], "flags": []}))
+
+
+def test_report_takes_the_evaluation_train_py_selected_and_names_a_changed_margin(tmp_path):
+    from tripletkit_hpatches.study_report import selected_evaluation, write_report
+
+    # 0.101 and 0.1065 beat the best so far by less than the delta (0.002): the weights tested are 0.105's, at step
+    # 300, though the maximum is 0.1065 at step 400
+    maps = [0.100, 0.101, 0.105, 0.1065, 0.104]
+    _fake_run(tmp_path / "runs" / "baseline-s0", maps, 0.1, 0)
+    _fake_run(tmp_path / "runs" / "baseline-s1", [0.090, 0.093], 0.1, 1)
+    assert selected_evaluation(tmp_path / "runs" / "baseline-s0") == (300, pytest.approx(0.105))
+    text = write_report(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| baseline"))
+    assert row.startswith("| baseline (margin 0.1) | 0, 1 |")
+    # validation: 0.105 (seed 0) and 0.093 (seed 1), mean 0.099, range 0.012
+    assert "| 0.0990 ± 0.0120 |" in row
+    table = json.loads((tmp_path / "study.json").read_text())["table"]["baseline"]
+    assert table["verification"]["values"] == [0.6, 0.61]
+
+    # the preset's own margin needs no label; a row mixing margins is refused, not averaged
+    other = tmp_path / "other"
+    _fake_run(other / "runs" / "baseline-s0", maps, 1.0, 0)
+    assert "| baseline | 0 |" in write_report(other)
+    _fake_run(other / "runs" / "baseline-s1", maps, 0.1, 1)
+    with pytest.raises(ValueError, match="different hinge margins"):
+        write_report(other)
+
+
+def test_selected_evaluation_refuses_a_run_without_one(tmp_path):
+    from tripletkit_hpatches.study_report import selected_evaluation
+
+    _fake_run(tmp_path / "a", [0.1], 0.1, 0)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config | {"plateau": 0}))
+    with pytest.raises(ValueError, match="without a plateau rule"):
+        selected_evaluation(tmp_path / "a")
+    _fake_run(tmp_path / "b", [0.1], 0.1, 0)
+    (tmp_path / "b" / "map_log.csv").write_text("step,matching_map,stage,batch\n")
+    with pytest.raises(ValueError, match="has no evaluation"):
+        selected_evaluation(tmp_path / "b")

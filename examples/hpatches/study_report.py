@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tripletkit.training import atomic_write_text
+from tripletkit.training import Plateau, atomic_write_text
+from tripletkit_hpatches.config import PRESETS
 
-__all__ = ["best_validation", "collect", "targets", "write_report"]
+__all__ = ["best_validation", "collect", "selected_evaluation", "targets", "write_report"]
 
 TASKS = ("verification", "matching", "retrieval")
 OURS = "ours (L2-Net)"
@@ -32,9 +33,43 @@ LABELS = {
 }
 
 
+def selected_evaluation(folder: Path) -> tuple[int, float]:
+    """``(step, validation matching mAP)`` of the evaluation whose weights the run's ``descriptor.pt`` holds.
+
+    ``train.py`` saves the weights of an evaluation only when the plateau rule counts it as an improvement: above
+    the best so far by more than ``--plateau-delta``. So the selected evaluation is the last such one, replayed here
+    with the same rule over ``map_log.csv``; it is not always the maximum, which can beat the selected one by less
+    than the delta. (``map_log.csv`` holds 6 decimals: only a gain within 1e-6 of the delta could be judged
+    differently.)
+    """
+    config = json.loads((folder / "config.json").read_text())
+    if not config.get("plateau"):
+        raise ValueError(
+            f"{folder} was trained without a plateau rule (--plateau 0): it tested its last weights, not a selected "
+            "evaluation"
+        )
+    maps = pd.read_csv(folder / "map_log.csv")
+    if maps.empty:
+        raise ValueError(f"{folder / 'map_log.csv'} has no evaluation: the run selected no weights")
+    rule = Plateau(int(config["plateau"]), min_delta=float(config["plateau_delta"]))
+    for step, score in zip(maps["step"], maps["matching_map"]):
+        rule.update(float(score), int(step))
+    assert rule.best_step is not None and rule.best is not None  # the first evaluation always improves
+    return rule.best_step, rule.best
+
+
 def best_validation(folder: Path) -> float:
-    """The run's best validation matching mAP (the evaluation its ``descriptor.pt`` was selected at)."""
-    return float(pd.read_csv(folder / "map_log.csv")["matching_map"].max())
+    """The validation matching mAP of the evaluation the run selected (see `selected_evaluation`)."""
+    return selected_evaluation(folder)[1]
+
+
+def _margin(folder: Path) -> float | None:
+    """The run's hinge margin where it differs from its preset's (None: the preset's, or no hinge)."""
+    config = json.loads((folder / "config.json").read_text())
+    preset = PRESETS.get(config["experiment"], {})
+    if config["margin_fn"] != "hinge" or config["margin"] == preset.get("margin"):
+        return None
+    return float(config["margin"])
 
 
 def _patches_used(folder: Path, log: pd.DataFrame) -> int:
@@ -47,16 +82,16 @@ def _patches_used(folder: Path, log: pd.DataFrame) -> int:
 def _run_row(folder: Path) -> dict:
     res = json.loads((folder / "results.json").read_text())
     log = pd.read_csv(folder / "log.csv")
-    maps = pd.read_csv(folder / "map_log.csv")
-    best = maps.loc[maps["matching_map"].idxmax()]
+    step, score = selected_evaluation(folder)
     return {
         **{t: res[OURS][t] for t in TASKS},
-        "val_matching": float(best["matching_map"]),
-        "selected_step": int(best["step"]),
+        "val_matching": score,
+        "selected_step": step,
+        "margin": _margin(folder),
         "steps": int(log["step"].max()),
         "patches": _patches_used(folder, log),
         "largest_batch": int(log["batch"].max()),
-        "largest_batch_at_selection": int(log.loc[log["step"] <= best["step"], "batch"].max()),
+        "largest_batch_at_selection": int(log.loc[log["step"] <= step, "batch"].max()),
         "sift": {t: res["SIFT"][t] for t in TASKS},
         "raw": {t: res["raw pixels"][t] for t in TASKS},
     }
@@ -137,6 +172,12 @@ def targets(table: dict[str, dict], chosen: str | None) -> list[dict]:
     return out
 
 
+def _label(row: str, entry: dict, augment_from: str | None = None) -> str:
+    """The row's name in the table and plots; a margin other than its preset's is part of what the row is."""
+    label = LABELS.get(row, row) + (f" ({augment_from})" if row.startswith("augment") and augment_from else "")
+    return label + (f" (margin {entry['margin']:g})" if entry.get("margin") is not None else "")
+
+
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['spread']:.4f}" if len(s["values"]) > 1 else f"{s['mean']:.4f}"
 
@@ -158,12 +199,18 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
         table[name] = {t: _stat([any_run[key][t]]) for t in TASKS}
     for row in (r for r in LABELS if r in runs):
         seeds = runs[row]
+        margins = {seeds[s]["margin"] for s in seeds}
+        if len(margins) != 1:  # one row, one definition: its seeds must not be mixed across margins
+            raise ValueError(
+                f"the runs of {row} in {out / 'runs'} have different hinge margins: {sorted(margins, key=str)}"
+            )
         table[row] = {t: _stat([seeds[s][t] for s in sorted(seeds)]) for t in TASKS} | {
             "seeds": sorted(seeds),
             "val_matching": _stat([seeds[s]["val_matching"] for s in sorted(seeds)]),
             "largest_batch": [seeds[s]["largest_batch"] for s in sorted(seeds)],
             "largest_batch_at_selection": [seeds[s]["largest_batch_at_selection"] for s in sorted(seeds)],
             "patches": [seeds[s]["patches"] for s in sorted(seeds)],
+            "margin": margins.pop(),
         }
     # the best batch-hard row by validation (never by the test columns): the augmentation's choice once every
     # batch-hard row is done, else the best of those that are
@@ -178,14 +225,18 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
         lines.append(f"| {name} | | " + " | ".join(_fmt(table[name][t]) for t in TASKS) + " | | | |")
     for row in (r for r in LABELS if r in table):
         e = table[row]
-        label = LABELS[row] + (f" ({augment_from})" if row.startswith("augment") and augment_from else "")
+        label = _label(row, e, augment_from)
         batches = ", ".join(f"{a} ({b})" for a, b in zip(e["largest_batch"], e["largest_batch_at_selection"]))
         lines.append(
             f"| {label} | {', '.join(map(str, e['seeds']))} | "
             + " | ".join(_fmt(e[t]) for t in TASKS)
             + f" | {_fmt(e['val_matching'])} | {batches} | {', '.join(f'{p:,}' for p in e['patches'])} |"
         )
-    lines += ["", f"Best batch-hard row by validation matching mAP: {LABELS.get(chosen, chosen)}.", ""]
+    lines += [
+        "",
+        f"Best batch-hard row by validation matching mAP: {_label(chosen, table[chosen]) if chosen else 'none yet'}.",
+        "",
+    ]
     lines += ["Targets (computed from the table above):", ""]
     for c in checks:
         nums = json.dumps(c["numbers"], default=lambda x: round(x, 4))
@@ -199,7 +250,7 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
             indent=1,
         ),
     )
-    _bars(table, out / "study.png")
+    _bars(table, out / "study.png", augment_from)
     _curves(out, runs, out / "study_curves.png")
     if chosen and (out / "runs" / f"{chosen}-s0" / "tsne.png").exists():
         shutil.copyfile(out / "runs" / f"{chosen}-s0" / "tsne.png", out / "study_tsne.png")
@@ -267,7 +318,7 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _bars(table: dict, path: Path) -> None:
+def _bars(table: dict, path: Path, augment_from: str | None) -> None:
     plt = _plt()
     names = list(table)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -275,7 +326,9 @@ def _bars(table: dict, path: Path) -> None:
         means = [table[n][t]["mean"] for n in names]
         errs = [table[n][t]["spread"] / 2 for n in names]
         ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=["grey", "lightgrey"] + ["C0"] * (len(names) - 2))
-        ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(names)), [_label(n, table[n], augment_from) for n in names], rotation=60, ha="right", fontsize=8
+        )
         ax.set_title(f"{t} mAP (test sequences; bars: mean, whiskers: seed range)")
     _save(fig, path)
     plt.close(fig)
@@ -300,15 +353,17 @@ def _curves(out: Path, runs: dict, path: Path) -> None:
         twin = ax.twinx()
         twin.step(log["step"], log["batch"], where="post", color="C3", lw=1)
         twin.set_ylabel("batch", color="C3")
-        ax.set_title(f"{LABELS[row]} (seed {seed}): loss and batch size (dotted: stage changes)", fontsize=9)
+        ax.set_title(
+            f"{_label(row, {'margin': runs[row][seed]['margin']})} (seed {seed}): loss and batch size (dotted: stage changes)",
+            fontsize=9,
+        )
         ax.set_xlabel("step")
         # against the patches used, the axis on which the rows' budgets are equal (steps are not, across batch sizes)
         s0, k0 = json.loads((folder / "config.json").read_text())["stages_sk"].split(",")[0].split("x")
         used = np.concatenate([[int(s0) * int(k0)], log["batch"].to_numpy()[:-1]])
         seen = pd.Series(np.cumsum(used), index=log["step"])
         ax2.plot(seen[maps["step"]].to_numpy(), maps["matching_map"], marker=".", color="C2")
-        best = maps.loc[maps["matching_map"].idxmax()]
-        ax2.axvline(seen[int(best["step"])], color="C2", ls="--", lw=0.8)
+        ax2.axvline(seen[selected_evaluation(folder)[0]], color="C2", ls="--", lw=0.8)
         ax2.set_title("validation matching mAP (dashed: the selected evaluation)", fontsize=9)
         ax2.set_xlabel("training patches used")
     fig.tight_layout()
