@@ -37,7 +37,9 @@ STAGES = ("denoise", "descriptor", "evaluate")
 STEPPING: dict[str, Any] = dict(threshold_factor=1.2, hysteresis=0.1)
 
 # The study's table (../shared/seed): the baseline is random triplets, hinge margin 1, "default SGD" (Keras: no
-# momentum) at 0.1; batch hard uses Adam 2e-4, stepping the batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with
+# momentum) at 0.1. Our descriptor is L2-normalised (distances at most 2): at margin 1, two thirds of random
+# triplets stay active and the baseline never beats raw pixels; margin 0.1, chosen on validation, does on all three
+# tasks (docs/study.md, "The fix"), so it is the preset's margin here (--margin 1 gives the study's). batch hard uses Adam 2e-4, stepping the batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with
 # K 2 → 8 (bh1024), "starting with weights from the baseline model": under --experiment all the batch-hard presets
 # start from the baseline run's descriptor (INIT_FROM); run alone, pass --init-descriptor.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -45,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         denoiser="shallow",
         miner="random",
         margin_fn="hinge",
-        margin=1.0,
+        margin=0.1,
         optimizer="sgd",
         lr=0.1,
         momentum=0.0,
