@@ -103,3 +103,60 @@ def test_activation_grad_equals_autograd(name):
     for value in np.linspace(-5, 5, 11):
         want = ref.margin_value(float(value), name, fn.margin)
         assert float(fn(torch.tensor(value, dtype=torch.float64))) == pytest.approx(want, rel=1e-14, abs=1e-300)
+
+
+TEMPERATURES = [0.01, 0.1, 0.5, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+def test_softplus_temperature_equals_reference(temperature, margin):
+    fn = MARGINS.build({"name": "softplus", "temperature": temperature}, margin=margin)
+    for value in np.linspace(-3, 3, 25):
+        want = ref.margin_value(float(value), "softplus", margin, temperature)
+        got = float(fn(torch.tensor(value, dtype=torch.float64)))
+        assert got == pytest.approx(want, rel=1e-13, abs=1e-300), (temperature, margin, value)
+    # collapse value: τ·ln(1 + e^(m/τ)), written out here independently
+    assert fn.collapse_value == pytest.approx(temperature * math.log1p(math.exp(margin / temperature)), rel=1e-12)
+    assert float(fn(torch.zeros((), dtype=torch.float64))) == pytest.approx(fn.collapse_value, rel=1e-12)
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_softplus_temperature_grad_and_hinge_limit(temperature):
+    fn = MARGINS.build("softplus", temperature=temperature)
+    t = torch.linspace(-5, 5, 1001, dtype=torch.float64, requires_grad=True)
+    fn.activation(t).sum().backward()
+    assert torch.allclose(fn.activation_grad(t.detach()), t.grad, atol=1e-15)
+    # an easy triplet's gradient weight is sigmoid(gap/τ): with bounded distances (gap ≥ −2) it vanishes as τ → 0
+    assert float(fn.activation_grad(torch.tensor(-2.0, dtype=torch.float64))) == pytest.approx(
+        1 / (1 + math.exp(2 / temperature)), rel=1e-12
+    )
+    # τ·softplus(t/τ) − [t]₊ lies in (0, τ·ln 2], the maximum at t = 0: it tends to the hinge as τ → 0 (the lower
+    # bound up to the rounding of τ·(t/τ) for |t| ≤ 5)
+    gap = fn.activation(t.detach()) - t.detach().clamp_min(0)
+    assert float(gap.min()) > -1e-14 and float(gap.max()) == pytest.approx(temperature * math.log(2), rel=1e-12)
+
+
+def test_softplus_temperature_is_stable_for_any_gap():
+    soft = MARGINS.build("softplus", temperature=0.05)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        gap = torch.tensor([-1e30, -100.0, -1.0, 0.0, 1.0, 100.0, 1e30], dtype=dtype, requires_grad=True)
+        out = soft(gap)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(gap.grad).all(), dtype
+        assert float(out[1]) == 0.0 and float(out[5]) == pytest.approx(100.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("bad,err", [(0, ValueError), (-0.5, ValueError), (math.nan, ValueError),
+                                     (math.inf, ValueError), ("0.1", TypeError), (True, TypeError)])  # fmt: skip
+def test_softplus_temperature_refuses_bad_values(bad, err):
+    with pytest.raises(err, match="temperature"):
+        MARGINS.build("softplus", temperature=bad)
+
+
+def test_softplus_temperature_is_part_of_the_function():
+    plain, same = MARGINS.build("softplus"), MARGINS.build("softplus", temperature=1.0)
+    cold = MARGINS.build("softplus", temperature=0.1)
+    assert plain == same and hash(plain) == hash(same) and repr(plain) == "SoftplusMargin(margin=0.0)"
+    assert cold != plain and repr(cold) == "SoftplusMargin(margin=0.0, temperature=0.1)"
+    assert len({plain, same, cold}) == 2

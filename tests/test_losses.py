@@ -249,3 +249,21 @@ def test_reprs_show_the_configuration():
     r = repr(TripletLoss(miner={"name": "batch_hard", "max_class_size": 8}, swap=True))
     assert "BatchHardMiner" in r and "max_class_size=8" in r and "swap=True" in r
     assert "max_class_size=2" in repr(BatchAllLoss(max_class_size=2))
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.3])
+def test_soft_margin_temperature_equals_brute_force(temperature):
+    from tripletkit.testing import reference as ref
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(24, 6, generator=g, dtype=torch.float64), dim=1)
+    y = torch.arange(6).repeat_interleave(4)
+    margin_fn = {"name": "softplus", "temperature": temperature}
+    want, _ = ref.batch_hard(x.numpy(), y.tolist(), margin_fn="softplus", margin=0.0, temperature=temperature)
+    assert float(BatchHardLoss(margin_fn=margin_fn)(x, y)) == pytest.approx(want, rel=1e-12)
+    want_all, _, _ = ref.batch_all(x.numpy(), y.tolist(), margin_fn="softplus", margin=0.0, temperature=temperature)
+    assert float(BatchAllLoss(margin_fn=margin_fn)(x, y)) == pytest.approx(want_all, rel=1e-12)
+    # float64 gradcheck through the fused kernel, which uses the temperature's activation_grad
+    xr = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e: BatchHardLoss(margin_fn=margin_fn)(e, y), (xr,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda e: BatchAllLoss(margin_fn=margin_fn)(e, y), (xr,), eps=1e-6, atol=1e-7)

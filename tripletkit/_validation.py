@@ -92,6 +92,14 @@ def check_margin(margin: object, *, name: str = "margin") -> float:
     return margin
 
 
+def check_positive(value: object, *, name: str) -> float:
+    """A finite real number > 0 (a temperature, a scale)."""
+    value = check_margin(value, name=name)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
 class _Float16Upcast(torch.autograd.Function):
     """float16 → float32 whose backward refuses a gradient beyond float16's range (65504) instead of returning inf:
     the cosine gradient of a row of tiny norm grows like 1/‖x‖."""

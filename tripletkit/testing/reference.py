@@ -35,13 +35,14 @@ def distance_matrix(x: np.ndarray, kind: str) -> np.ndarray:
     return out
 
 
-def margin_value(gap: float, margin_fn: str, margin: float) -> float:
+def margin_value(gap: float, margin_fn: str, margin: float, temperature: float = 1.0) -> float:
     t = gap + margin
     if margin_fn == "hinge":
         return max(t, 0.0)
     if margin_fn == "softplus":
-        # ln(1 + e^t), written so that it cannot overflow
-        return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
+        # τ·ln(1 + e^(t/τ)), written so that it cannot overflow
+        u = t / temperature
+        return temperature * (max(u, 0.0) + math.log1p(math.exp(-abs(u))))
     raise ValueError(margin_fn)
 
 
@@ -57,7 +58,9 @@ def _reduce(values: list[float], reduction: str) -> float:
     raise ValueError(reduction)
 
 
-def batch_hard(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", reduction="mean", swap=False):
+def batch_hard(
+    x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", reduction="mean", swap=False, temperature=1.0
+):
     """Returns (loss, per_anchor) with per_anchor[a] = None for anchors left out."""
     x = np.asarray(x, dtype=np.float64)
     labels = list(labels)
@@ -76,12 +79,12 @@ def batch_hard(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", re
             # the hardest positive (any of the tied ones gives the same d_ap; take the first)
             p_star = next(p for p in pos if d[a, p] == d_ap)
             d_an = min(d_an, min(d[p_star, q] for q in neg))
-        per_anchor.append(margin_value(d_ap - d_an, margin_fn, margin))
+        per_anchor.append(margin_value(d_ap - d_an, margin_fn, margin, temperature))
     values = [v for v in per_anchor if v is not None]
     return _reduce(values, reduction), per_anchor
 
 
-def batch_all(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", reduction="mean"):
+def batch_all(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", reduction="mean", temperature=1.0):
     """Returns (loss, number of valid triplets, number with loss > 0)."""
     x = np.asarray(x, dtype=np.float64)
     labels = list(labels)
@@ -95,7 +98,7 @@ def batch_all(x, labels, *, margin_fn="hinge", margin=0.2, kind="euclidean", red
             for q in range(n):
                 if labels[q] == labels[a]:
                     continue
-                values.append(margin_value(d[a, p] - d[a, q], margin_fn, margin))
+                values.append(margin_value(d[a, p] - d[a, q], margin_fn, margin, temperature))
     return _reduce(values, reduction), len(values), sum(v > 0 for v in values)
 
 
