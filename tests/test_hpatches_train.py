@@ -555,3 +555,31 @@ def test_batch_groups_sequence_keeps_each_batch_in_one_training_sequence(tiny, t
         assert any(len(s) == 2 for s in sequences), sequences  # from all sequences: some batch mixes them
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["batch_groups"] == groups
+
+
+def test_margin_temperature_reaches_the_loss_and_is_checked(tiny, tmp_path):
+    from tripletkit.margins import SoftplusMargin
+    from tripletkit_hpatches.config import parse
+    from tripletkit_hpatches.runtime import Runtime
+    from tripletkit_hpatches.stages.descriptor import build_loss
+
+    rt = Runtime(torch.device("cpu"))
+    base = ["--data", str(tiny), "--out", str(tmp_path / "t"), "--margin-fn", "softplus"]
+    for extra, temperature in (([], 1.0), (["--margin-temperature", "0.1"], 0.1)):
+        assert build_loss(parse([*base, *extra]), rt).margin_fn == SoftplusMargin(0.0, temperature=temperature)
+    for loss in ("triplet", "hardnet"):
+        cfg = parse([*base, "--margin-temperature", "0.25", "--loss", loss, "--stages-sk", "4x2"])
+        assert build_loss(cfg, rt).margin_fn.collapse_value == pytest.approx(0.25 * np.log(2))
+    # it trains, and it is a training flag: recorded, and a resume with another value is refused
+    args = [*base, "--stages", "denoise,descriptor", *FAST, "--steps", "2"]
+    main([*args, "--margin-temperature", "0.1"])
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["margin_temperature"] == 0.1
+    with pytest.raises(SystemExit, match="--margin-temperature: 0.1 in the checkpoint, 0.2 now"):
+        main([*args, "--margin-temperature", "0.2", "--resume", "--steps", "3"])
+    for bad, message in (
+        (["--margin-temperature", "0"], "--margin-temperature must be a finite number > 0"),
+        (["--margin-temperature", "nan"], "--margin-temperature must be a finite number > 0"),
+        (["--margin-fn", "hinge", "--margin-temperature", "0.1"], "--margin-fn hinge has none"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            parse([*base, *bad])

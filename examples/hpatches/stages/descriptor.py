@@ -100,9 +100,15 @@ def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     """
     max_k = max(k for _, k in cfg.stages_sk)
     static = rt.static_shapes
+    # a config dict only when a temperature is set, so the plain soft margin builds exactly as before
+    margin_fn = (
+        cfg.margin_fn
+        if cfg.margin_temperature == 1.0
+        else {"name": cfg.margin_fn, "temperature": cfg.margin_temperature}
+    )
     if cfg.loss == "hardnet":
         return PairLoss(
-            LOSSES.build("hardnet", margin=cfg.margin, margin_fn=cfg.margin_fn, validate=not static), check=not static
+            LOSSES.build("hardnet", margin=cfg.margin, margin_fn=margin_fn, validate=not static), check=not static
         )
     miner = {
         "random": {"name": "random", "seed": cfg.seed},
@@ -113,7 +119,7 @@ def build_loss(cfg: Config, rt: Runtime) -> torch.nn.Module:
     return LOSSES.build(
         "triplet",
         margin=cfg.margin,
-        margin_fn=cfg.margin_fn,
+        margin_fn=margin_fn,
         distance=cfg.distance,
         miner=miner,
         validate=not static,
