@@ -178,6 +178,7 @@ DEFAULTS: dict[str, Any] = dict(
     miner="batch_hard",
     margin_fn="hinge",
     margin=None,
+    margin_temperature=1.0,
     optimizer="adam",
     lr=2e-4,
     momentum=0.9,
@@ -254,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--margin-temperature",
         type=float,
-        default=1.0,
-        help="--margin-fn softplus: τ in τ·ln(1 + exp((m + gap)/τ)); 1 is the plain soft margin, τ < 1 lets easy "
-        "triplets of a normalised descriptor drop out (docs/margins.md)",
+        default=None,
+        help="--margin-fn softplus: τ in τ·ln(1 + exp((m + gap)/τ)) (default 1, the plain soft margin); τ < 1 lets "
+        "easy triplets of a normalised descriptor drop out (docs/margins.md)",
     )
     g.add_argument("--distance", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
     g.add_argument("--optimizer", default=None, choices=["adam", "sgd"])
