@@ -168,6 +168,7 @@ def test_each_preset_parses_and_runs_a_step(tiny, tmp_path, preset):
     )
     config = json.loads((out / "config.json").read_text())
     assert config["miner"] == PRESETS[preset]["miner"] and config["margin_fn"] == PRESETS[preset]["margin_fn"]
+    assert config["margin_temperature"] == PRESETS[preset].get("margin_temperature", 1.0)
     assert len((out / "log.csv").read_text().splitlines()) == 2
 
 
@@ -576,6 +577,10 @@ def test_margin_temperature_reaches_the_loss_and_is_checked(tiny, tmp_path):
     assert json.loads((tmp_path / "t" / "config.json").read_text())["margin_temperature"] == 0.1
     with pytest.raises(SystemExit, match="--margin-temperature: 0.1 in the checkpoint, 0.2 now"):
         main([*args, "--margin-temperature", "0.2", "--resume", "--steps", "3"])
+    # the soft-baseline preset's τ (0.1) belongs to its soft margin: a --margin-fn hinge drops it, an explicit τ stays
+    assert parse([*base, "--experiment", "soft-baseline"]).margin_temperature == 0.1
+    assert parse([*base, "--experiment", "soft-baseline", "--margin-fn", "hinge"]).margin_temperature == 1.0
+    assert parse([*base, "--experiment", "soft-baseline", "--margin-temperature", "0.3"]).margin_temperature == 0.3
     for bad, message in (
         (["--margin-temperature", "0"], "--margin-temperature must be a finite number > 0"),
         (["--margin-temperature", "nan"], "--margin-temperature must be a finite number > 0"),

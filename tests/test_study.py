@@ -288,12 +288,13 @@ def test_report_takes_the_evaluation_train_py_selected_and_names_a_changed_margi
     # 0.101 and 0.1065 beat the best so far by less than the delta (0.002): the weights tested are 0.105's, at step
     # 300, though the maximum is 0.1065 at step 400
     maps = [0.100, 0.101, 0.105, 0.1065, 0.104]
-    _fake_run(tmp_path / "runs" / "baseline-s0", maps, 0.1, 0)
-    _fake_run(tmp_path / "runs" / "baseline-s1", [0.090, 0.093], 0.1, 1)
+    _fake_run(tmp_path / "runs" / "baseline-s0", maps, 1.0, 0)
+    _fake_run(tmp_path / "runs" / "baseline-s1", [0.090, 0.093], 1.0, 1)
     assert selected_evaluation(tmp_path / "runs" / "baseline-s0") == (300, pytest.approx(0.105))
     text = write_report(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| baseline"))
-    assert row.startswith("| baseline (margin 0.1) | 0, 1 |")
+    # the preset's margin is 0.1: these runs trained at the study's 1, and the row says so
+    assert row.startswith("| baseline (margin 1) | 0, 1 |")
     # validation: 0.105 (seed 0) and 0.093 (seed 1), mean 0.099, range 0.012
     assert "| 0.0990 ± 0.0120 |" in row
     table = json.loads((tmp_path / "study.json").read_text())["table"]["baseline"]
@@ -301,11 +302,30 @@ def test_report_takes_the_evaluation_train_py_selected_and_names_a_changed_margi
 
     # the preset's own margin needs no label; a row mixing margins is refused, not averaged
     other = tmp_path / "other"
-    _fake_run(other / "runs" / "baseline-s0", maps, 1.0, 0)
+    _fake_run(other / "runs" / "baseline-s0", maps, 0.1, 0)
     assert "| baseline | 0 |" in write_report(other)
-    _fake_run(other / "runs" / "baseline-s1", maps, 0.1, 1)
-    with pytest.raises(ValueError, match="different hinge margins"):
+    _fake_run(other / "runs" / "baseline-s1", maps, 1.0, 1)
+    with pytest.raises(ValueError, match="differ in their margin"):
         write_report(other)
+
+
+def test_report_names_a_soft_margin_temperature_other_than_the_presets(tmp_path):
+    from tripletkit_hpatches.study_report import write_report
+
+    for seed, temperature in ((0, 1.0), (1, 1.0)):
+        folder = tmp_path / "runs" / f"soft-baseline-s{seed}"
+        _fake_run(folder, [0.05, 0.06], 0.0, seed)
+        config = json.loads((folder / "config.json").read_text())
+        config |= {"experiment": "soft-baseline", "margin_fn": "softplus", "margin_temperature": temperature}
+        (folder / "config.json").write_text(json.dumps(config))
+    # the preset's τ is 0.1: runs at τ = 1 (or from before the flag, which trained at 1) are labelled
+    assert "| soft baseline (temperature 1) | 0, 1 |" in write_report(tmp_path)
+    config.pop("margin_temperature")
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "| soft baseline (temperature 1) | 0, 1 |" in write_report(tmp_path)
+    (folder / "config.json").write_text(json.dumps(config | {"margin_temperature": 0.1}))
+    with pytest.raises(ValueError, match="differ in their margin"):
+        write_report(tmp_path)
 
 
 def test_selected_evaluation_refuses_a_run_without_one(tmp_path):

@@ -63,13 +63,18 @@ def best_validation(folder: Path) -> float:
     return selected_evaluation(folder)[1]
 
 
-def _margin(folder: Path) -> float | None:
-    """The run's hinge margin where it differs from its preset's (None: the preset's, or no hinge)."""
+def _definition(folder: Path) -> str | None:
+    """How the run's margin differs from its preset's: ``"margin 0.1"``, ``"temperature 0.1"`` (None: as the preset)."""
     config = json.loads((folder / "config.json").read_text())
     preset = PRESETS.get(config["experiment"], {})
-    if config["margin_fn"] != "hinge" or config["margin"] == preset.get("margin"):
-        return None
-    return float(config["margin"])
+    changed = []
+    if config["margin"] != preset.get("margin", config["margin"]):
+        changed.append(f"margin {config['margin']:g}")
+    # runs from before the flag existed trained at τ = 1
+    temperature = config.get("margin_temperature", 1.0)
+    if config["margin_fn"] == "softplus" and temperature != preset.get("margin_temperature", 1.0):
+        changed.append(f"temperature {temperature:g}")
+    return ", ".join(changed) or None
 
 
 def _patches_used(folder: Path, log: pd.DataFrame) -> int:
@@ -87,7 +92,7 @@ def _run_row(folder: Path) -> dict:
         **{t: res[OURS][t] for t in TASKS},
         "val_matching": score,
         "selected_step": step,
-        "margin": _margin(folder),
+        "definition": _definition(folder),
         "steps": int(log["step"].max()),
         "patches": _patches_used(folder, log),
         "largest_batch": int(log["batch"].max()),
@@ -175,7 +180,7 @@ def targets(table: dict[str, dict], chosen: str | None) -> list[dict]:
 def _label(row: str, entry: dict, augment_from: str | None = None) -> str:
     """The row's name in the table and plots; a margin other than its preset's is part of what the row is."""
     label = LABELS.get(row, row) + (f" ({augment_from})" if row.startswith("augment") and augment_from else "")
-    return label + (f" (margin {entry['margin']:g})" if entry.get("margin") is not None else "")
+    return label + (f" ({entry['definition']})" if entry.get("definition") else "")
 
 
 def _fmt(s: dict) -> str:
@@ -199,10 +204,10 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
         table[name] = {t: _stat([any_run[key][t]]) for t in TASKS}
     for row in (r for r in LABELS if r in runs):
         seeds = runs[row]
-        margins = {seeds[s]["margin"] for s in seeds}
-        if len(margins) != 1:  # one row, one definition: its seeds must not be mixed across margins
+        definitions = {seeds[s]["definition"] for s in seeds}
+        if len(definitions) != 1:  # one row, one definition: its seeds must not be mixed across margins
             raise ValueError(
-                f"the runs of {row} in {out / 'runs'} have different hinge margins: {sorted(margins, key=str)}"
+                f"the runs of {row} in {out / 'runs'} differ in their margin: {sorted(definitions, key=str)}"
             )
         table[row] = {t: _stat([seeds[s][t] for s in sorted(seeds)]) for t in TASKS} | {
             "seeds": sorted(seeds),
@@ -210,7 +215,7 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
             "largest_batch": [seeds[s]["largest_batch"] for s in sorted(seeds)],
             "largest_batch_at_selection": [seeds[s]["largest_batch_at_selection"] for s in sorted(seeds)],
             "patches": [seeds[s]["patches"] for s in sorted(seeds)],
-            "margin": margins.pop(),
+            "definition": definitions.pop(),
         }
     # the best batch-hard row by validation (never by the test columns): the augmentation's choice once every
     # batch-hard row is done, else the best of those that are
@@ -354,7 +359,7 @@ def _curves(out: Path, runs: dict, path: Path) -> None:
         twin.step(log["step"], log["batch"], where="post", color="C3", lw=1)
         twin.set_ylabel("batch", color="C3")
         ax.set_title(
-            f"{_label(row, {'margin': runs[row][seed]['margin']})} (seed {seed}): loss and batch size (dotted: stage changes)",
+            f"{_label(row, runs[row][seed])} (seed {seed}): loss and batch size (dotted: stage changes)",
             fontsize=9,
         )
         ax.set_xlabel("step")
