@@ -299,6 +299,8 @@ def test_report_takes_the_evaluation_train_py_selected_and_names_a_changed_margi
     assert "| 0.0990 ± 0.0120 |" in row
     table = json.loads((tmp_path / "study.json").read_text())["table"]["baseline"]
     assert table["verification"]["values"] == [0.6, 0.61]
+    # the targets' numbers, to 4 decimals: verification 0.605 − 0.5 (SIFT and raw pixels are both 0.5 here)
+    assert '"verification": 0.105, "matching": -0.02, "retrieval": -0.1}' in text
 
     # the preset's own margin needs no label; a row mixing margins is refused, not averaged
     other = tmp_path / "other"

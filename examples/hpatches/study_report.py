@@ -183,6 +183,13 @@ def _label(row: str, entry: dict, augment_from: str | None = None) -> str:
     return label + (f" ({entry['definition']})" if entry.get("definition") else "")
 
 
+def _rounded(value):
+    """Floats to 4 decimals, inside dicts too (``json.dumps`` calls no ``default`` for a float)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['spread']:.4f}" if len(s["values"]) > 1 else f"{s['mean']:.4f}"
 
@@ -244,7 +251,7 @@ def write_report(out: Path, augment_from: str | None = None) -> str:
     ]
     lines += ["Targets (computed from the table above):", ""]
     for c in checks:
-        nums = json.dumps(c["numbers"], default=lambda x: round(x, 4))
+        nums = json.dumps(_rounded(c["numbers"]))
         lines.append(f"- {'met' if c['met'] else 'NOT met'}: {c['target']} — {nums}")
     text = "\n".join(lines) + "\n" + _remedy_table(fixes)
     atomic_write_text(out / "study.md", text)
