@@ -40,8 +40,9 @@ STEPPING: dict[str, Any] = dict(threshold_factor=1.2, hysteresis=0.1)
 # momentum) at 0.1. Our descriptor is L2-normalised (distances at most 2): at margin 1, two thirds of random
 # triplets stay active and the baseline never beats raw pixels; margin 0.1, chosen on validation, does on all three
 # tasks (docs/study.md, "The fix"), so it is the preset's margin here (--margin 1 gives the study's). Batch hard
-# uses Adam 2e-4, stepping the batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with K 2 → 8 (bh1024), "starting with weights from the baseline model": under --experiment all the batch-hard presets
-# start from the baseline run's descriptor (INIT_FROM); run alone, pass --init-descriptor.
+# uses Adam 2e-4, stepping the batch 64 → 128 (bh128) or 64 → 128 → 384 → 1024 with K 2 → 8 (bh1024), "starting
+# with weights from the baseline model": under --experiment all the batch-hard presets start from the baseline
+# run's descriptor (INIT_FROM); run alone, pass --init-descriptor.
 PRESETS: dict[str, dict[str, Any]] = {
     "baseline": dict(
         denoiser="shallow",
@@ -487,10 +488,11 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     explicit flags win over the preset, the preset over `DEFAULTS`."""
     values = {**vars(ns), **overrides}
     preset = PRESETS.get(values["experiment"] or "", {})
+    explicit_temperature = values["margin_temperature"] is not None
     for key, default in DEFAULTS.items():
         if values[key] is None:
             values[key] = preset.get(key, default)
-    if ns.margin_temperature is None and values["margin_fn"] != "softplus":
+    if not explicit_temperature and values["margin_fn"] != "softplus":
         values["margin_temperature"] = 1.0  # a preset's τ belongs to its soft margin, not to a --margin-fn hinge
     stages = tuple(s.strip() for s in values["stages"].split(",") if s.strip())
     bad = [s for s in stages if s not in STAGES]

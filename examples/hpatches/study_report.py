@@ -375,7 +375,7 @@ def _curves(out: Path, runs: dict, path: Path) -> None:
         used = np.concatenate([[int(s0) * int(k0)], log["batch"].to_numpy()[:-1]])
         seen = pd.Series(np.cumsum(used), index=log["step"])
         ax2.plot(seen[maps["step"]].to_numpy(), maps["matching_map"], marker=".", color="C2")
-        ax2.axvline(seen[selected_evaluation(folder)[0]], color="C2", ls="--", lw=0.8)
+        ax2.axvline(seen[runs[row][seed]["selected_step"]], color="C2", ls="--", lw=0.8)
         ax2.set_title("validation matching mAP (dashed: the selected evaluation)", fontsize=9)
         ax2.set_xlabel("training patches used")
     fig.tight_layout()

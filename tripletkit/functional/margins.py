@@ -7,7 +7,8 @@
   (the logistic sigmoid) never overflows; ``log1p(exp(t))`` returns inf and a NaN gradient above t ≈ 88.7 in float32.
 
 The *collapse value* is the loss when every embedding is the same point (``gap = 0``): ``m`` for the hinge,
-``ln(1 + e^m)`` for the soft margin (ln 2 ≈ 0.693 at m = 0), ``τ·ln(1 + e^(m/τ))`` with a temperature. A loss that sits there means the model has collapsed.
+``ln(1 + e^m)`` for the soft margin (ln 2 ≈ 0.693 at m = 0), ``τ·ln(1 + e^(m/τ))`` with a temperature. A loss
+that sits there means the model has collapsed.
 """
 
 from __future__ import annotations
