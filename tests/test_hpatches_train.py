@@ -517,6 +517,39 @@ def test_stage_threshold_and_stage_lr_reach_the_log(tiny, tmp_path):
         main(args + ["--threshold-factor", "0"])
 
 
+def test_stage_lr_factors_set_each_stage_rate_and_are_checked(tiny, tmp_path):
+    """--stage-lr-factors multiplies the rate of each stage (the log's lr column), is a training flag, and belongs to
+    the --stages-sk it was given for."""
+    from tripletkit_hpatches.config import parse
+
+    out = tmp_path / "run"
+    args = ["--data", str(tiny), "--out", str(out), "--stages", "denoise,descriptor"] + FAST
+    # FAST steps 2x2 → 4x2; a threshold no loss reaches advances after --patience 2 steps
+    main(args + ["--threshold-factor", "100", "--smoothing", "0", "--stage-lr-factors", "3,0.5"])
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()[1:]]
+    # each row shows the stage after its step and the rate set for the next step, the stage's
+    stages, lrs = [int(r[2]) for r in rows], [float(r[4]) for r in rows]
+    assert stages[:3] == [0, 1, 1]
+    assert lrs == pytest.approx([2e-4 * (3.0, 0.5)[s] for s in stages])
+    assert json.loads((out / "config.json").read_text())["stage_lr_factors"] == "3.0,0.5"
+    with pytest.raises(SystemExit, match="--stage-lr-factors: '3.0,0.5' in the checkpoint, '3.0,1.0' now"):
+        main(
+            args
+            + ["--threshold-factor", "100", "--smoothing", "0", "--stage-lr-factors", "3,1", "--resume", "--steps", "7"]
+        )
+    base = ["--data", str(tiny)]
+    assert parse(base).stage_lr_factors is None
+    assert parse([*base, "--stages-sk", "4x2", "--stage-lr-factors", "2"]).stage_lr_factors == (2.0,)
+    for bad, message in (
+        (["--stage-lr-factors", "1,2"], "has 2 entries and --stages-sk 3 stages"),
+        (["--stage-lr-factors", "1,0,1"], "finite numbers > 0"),
+        (["--stage-lr-factors", "1,inf,1"], "finite numbers > 0"),
+        (["--stage-lr-factors", "1,x,1"], "must look like 1,1,2,4"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            parse([*base, *bad])
+
+
 def test_evaluation_spacing_in_patches_or_off(tiny, tmp_path):
     """--eval-every-patches evaluates each time a multiple of it is crossed; --eval-every 0 evaluates never."""
     args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST

@@ -152,6 +152,7 @@ TRAINING_FLAGS = (
     "stage_lr_start",
     "stage_lr_warmup",
     "lr_below",
+    "stage_lr_factors",
     "loss",
     "threshold_factor",
     "batch_groups",
@@ -167,6 +168,7 @@ LEGACY_FLAG_VALUES: dict[str, Any] = {
     "stage_lr_start": 1.0,
     "stage_lr_warmup": 0,
     "lr_below": 1.0,
+    "stage_lr_factors": None,
     "loss": "triplet",
     "threshold_factor": 1.0,
     "batch_groups": "none",
@@ -187,6 +189,7 @@ DEFAULTS: dict[str, Any] = dict(
     lr=2e-4,
     momentum=0.9,
     stages_sk="16x2,16x4,32x4",
+    stage_lr_factors=None,
     scheduler="stepped_batch",
 )
 
@@ -310,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="learning rate × this once the smoothed loss is under the stage threshold in a stage",
+    )
+    g.add_argument(
+        "--stage-lr-factors",
+        default=None,
+        help="learning rate × these per stage, one per --stages-sk entry, e.g. 1,1,2,4 (default: the preset's, "
+        "else all 1; a preset's factors are dropped when --stages-sk is given)",
     )
     g.add_argument("--steps", type=int, default=300, help="descriptor training steps")
     g.add_argument(
@@ -439,6 +448,7 @@ class Config:
     stage_lr_start: float
     stage_lr_warmup: int
     lr_below: float
+    stage_lr_factors: tuple[float, ...] | None  # None: 1 for every stage
     shared_denoise: bool = False  # set by --experiment all: the denoiser output was copied from another preset
 
     def replace(self, **changes: Any) -> Config:
@@ -469,6 +479,8 @@ class Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out = {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
         out.update(stages=",".join(self.stages), stages_sk=",".join(f"{s}x{k}" for s, k in self.stages_sk))
+        if self.stage_lr_factors is not None:
+            out["stage_lr_factors"] = ",".join(repr(f) for f in self.stage_lr_factors)
         return out
 
 
@@ -483,17 +495,36 @@ def _stages_sk(text: str) -> tuple[tuple[int, int], ...]:
     return sk
 
 
+def _stage_lr_factors(text: str | None, n_stages: int) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --stage-lr-factors must look like 1,1,2,4, got {text!r}") from None
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise SystemExit(f"error: --stage-lr-factors must be finite numbers > 0, got {text!r}")
+    if len(factors) != n_stages:
+        raise SystemExit(
+            f"error: --stage-lr-factors has {len(factors)} entries and --stages-sk {n_stages} stages: give one per stage"
+        )
+    return factors
+
+
 def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     """The namespace (plus ``overrides``, e.g. ``experiment=`` under ``--experiment all``) as a new `Config`:
     explicit flags win over the preset, the preset over `DEFAULTS`."""
     values = {**vars(ns), **overrides}
     preset = PRESETS.get(values["experiment"] or "", {})
     explicit_temperature = values["margin_temperature"] is not None
+    explicit_factors, explicit_stages = values["stage_lr_factors"] is not None, values["stages_sk"] is not None
     for key, default in DEFAULTS.items():
         if values[key] is None:
             values[key] = preset.get(key, default)
     if not explicit_temperature and values["margin_fn"] != "softplus":
         values["margin_temperature"] = 1.0  # a preset's τ belongs to its soft margin, not to a --margin-fn hinge
+    if explicit_stages and not explicit_factors:
+        values["stage_lr_factors"] = None  # a preset's factors belong to its stages, not to a --stages-sk
     stages = tuple(s.strip() for s in values["stages"].split(",") if s.strip())
     bad = [s for s in stages if s not in STAGES]
     if bad:
@@ -547,6 +578,7 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
     if values["eval_every"] < 0:
         raise SystemExit(f"error: --eval-every must be >= 0, got {values['eval_every']}")
     values.update(stages=stages, stages_sk=_stages_sk(values["stages_sk"]))
+    values["stage_lr_factors"] = _stage_lr_factors(values["stage_lr_factors"], len(values["stages_sk"]))
     if values["split"] is not None and values["tasks"] is None:
         raise SystemExit("error: --split names a split of the benchmark's task files: it needs --tasks")
     if values["tasks"] is not None and values["split"] is None:

@@ -297,8 +297,15 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     probe = CollapseProbe(
         loss_fn, x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)], every=cfg.monitor_every
     )
-    # the study's remedies for a stalling stage: a lower rate at a stage's start, a higher one under the margin
-    stage_lr = StageLR(opt, start_factor=cfg.stage_lr_start, warmup=cfg.stage_lr_warmup, below_factor=cfg.lr_below)
+    # the study's remedies for a stalling stage: a lower rate at a stage's start, a higher one under the margin, and a
+    # rate per stage
+    stage_lr = StageLR(
+        opt,
+        start_factor=cfg.stage_lr_start,
+        warmup=cfg.stage_lr_warmup,
+        below_factor=cfg.lr_below,
+        stage_factors=cfg.stage_lr_factors,
+    )
     plateau = Plateau(cfg.plateau or 1, min_delta=cfg.plateau_delta)
     gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
     stateful = {"batches": batches, "augment_rng": gen, "probe": probe, "stage_lr": stage_lr, "plateau": plateau}
