@@ -247,14 +247,12 @@ def test_experiment_all_writes_one_table_and_shares_each_denoiser(tiny, tmp_path
         other = torch.load(out / name / "denoiser.pt", weights_only=True)
         assert all(torch.equal(first[k], other[k]) for k in first)
     assert (out / "experiments.png").exists()
-    # as in the study, batch hard starts from the baseline's weights
-    for name in ("bh128", "bh1024", "soft-bh1024"):
+    # as in the study, batch hard starts from the baseline's weights; the 1024 presets grow from BH128's
+    for name, start in (("bh128", "baseline"), ("bh1024", "bh128"), ("soft-bh1024", "bh128"), ("hardnet", "baseline")):
         assert json.loads((out / name / "config.json").read_text())["init_descriptor"] == str(
-            out / "baseline" / "descriptor.pt"
+            out / start / "descriptor.pt"
         )
-        assert f"| {name} " in md and "baseline" in [
-            c.strip() for c in md.split(f"| {name} ")[1].split("\n")[0].split("|")
-        ]
+        assert f"| {name} " in md and start in [c.strip() for c in md.split(f"| {name} ")[1].split("\n")[0].split("|")]
     assert json.loads((out / "baseline" / "config.json").read_text())["momentum"] == 0.0
 
 

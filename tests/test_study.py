@@ -75,9 +75,12 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
     chosen = max(best_val, key=best_val.__getitem__)
     config = json.loads((runs / "augment-pair-s0" / "config.json").read_text())
     assert config["experiment"] == chosen and config["augment"] == "pair"
-    # every row starts from the same seed's baseline, on the same denoised patches and task files
+    # BH128 starts from the same seed's baseline, BH1024 from BH128's selected weights, all on the same denoised
+    # patches and task files
     bh = json.loads((runs / "bh1024-s0" / "config.json").read_text())
-    assert bh["init_descriptor"] == str(runs / "baseline-s0" / "descriptor.pt")
+    assert bh["init_descriptor"] == str(runs / "bh128-s0" / "descriptor.pt")
+    bh128 = json.loads((runs / "bh128-s0" / "config.json").read_text())
+    assert bh128["init_descriptor"] == str(runs / "baseline-s0" / "descriptor.pt")
     assert (runs / "bh1024-s0" / "denoised.npz").stat().st_ino == (out / "denoiser" / "denoised.npz").stat().st_ino
     assert bh["split_sequences"]["val"] and not set(bh["split_sequences"]["val"]) & set(bh["split_sequences"]["train"])
     # the table's numbers are the runs' own results
@@ -144,7 +147,8 @@ def test_study_baseline_margin_reaches_the_hinge_baseline_only(small, tmp_path):
     # the soft baseline and the batch-hard rows keep their own flags; the latter start from the new baseline
     for name in ("soft-baseline-s0", "bh128-s0", "bh1024-s1", "augment-pair-s0", "remedy-none-s0"):
         assert changed[name].flags == default[name].flags
-    assert changed["bh1024-s1"].after == ("baseline-s1",)
+    assert changed["bh128-s1"].after == ("baseline-s1",) and changed["bh1024-s1"].after == ("bh128-s1",)
+    assert changed["soft-bh1024-s0"].after == ("bh128-s0",) and changed["hardnet-s0"].after == ("baseline-s0",)
     for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit, match="--baseline-margin must be a finite number > 0"):
             plan("--baseline-margin", bad)

@@ -15,9 +15,10 @@ The protocol:
 3. **Baselines** (random triplets, SGD 0.1; hinge margin 0.1 and soft margin) train until validation matching mAP
    reaches a plateau (``--plateau`` evaluations without a gain of ``--plateau-delta``), capped at ``--baseline-epochs``.
    The weights of the best validation evaluation are kept.
-4. **Batch hard** (BH128, BH1024, soft BH1024, HardNet's loss) starts from the same seed's converged baseline and
-   steps through the study's stages with the presets' stepping rule; it stops at a validation plateau reached at its
-   last stage, capped at ``--bh-epochs``.
+4. **Batch hard** steps through the study's stages with the presets' stepping rule; it stops at a validation plateau
+   reached at its last stage, capped at ``--bh-epochs``. BH128 and HardNet's loss start from the same seed's
+   converged baseline; BH1024 and soft BH1024 grow the batch once BH128 has converged, from its selected weights
+   (``config.INIT_FROM``).
 5. **Augmentation**: the batch-hard preset with the best mean validation mAP is trained again with
    ``--augment random`` and ``pair`` (its own run is the ``none`` row). Chosen by validation, never by the test.
 6. **The table** (``OUT/study.md``, ``.json``, figures): mean ± spread over the seeds on the test sequences, and the
@@ -109,7 +110,7 @@ class Run:
     row: str
     seed: int
     flags: tuple[str, ...]
-    after: tuple[str, ...] = ()  # runs that must be done first (the baseline it starts from, the selection)
+    after: tuple[str, ...] = ()  # runs that must be done first (the run it starts from, the selection)
 
     @property
     def name(self) -> str:
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=ROWS,
         default=list(ROWS),
-        help="run only these rows (a part of the study; a batch-hard row also runs the baseline it starts from)",
+        help="run only these rows (a part of the study; a batch-hard row also runs the rows it starts from)",
     )
     p.add_argument("--verification-pairs", type=int, default=50_000)
     p.add_argument("--queries", type=int, default=1000)
@@ -227,6 +228,8 @@ def _common(cfg: StudyConfig, data: Path) -> tuple[str, ...]:
 def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[Run]:
     """Every run of the study, in an order that respects ``after``. ``augment_from``: the batch-hard preset the
     augmentation rows repeat (chosen on validation once the batch-hard runs are done)."""
+    from tripletkit_hpatches.config import INIT_FROM  # the run each batch-hard row starts from
+
     runs = []
     common = _common(cfg, data)
 
@@ -241,14 +244,14 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
         )  # fmt: skip
 
     def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
-        start = cfg.out / "runs" / f"baseline-s{seed}" / "descriptor.pt"
+        start = cfg.out / "runs" / f"{INIT_FROM[row]}-s{seed}" / "descriptor.pt"
         return (*common, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
                 "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
 
     # the order runs start in: what the most rows need first, each row's seeds together
     runs += [baseline("baseline", seed) for seed in cfg.seeds]
-    for row in BH_PRESETS:
-        runs += [Run(row, seed, batch_hard(row, seed), after=(f"baseline-s{seed}",)) for seed in cfg.seeds]
+    for row in BH_PRESETS:  # bh128 first: the 1024 rows start from it
+        runs += [Run(row, seed, batch_hard(row, seed), after=(f"{INIT_FROM[row]}-s{seed}",)) for seed in cfg.seeds]
     runs += [baseline("soft-baseline", seed) for seed in cfg.seeds]
     if cfg.augment and augment_from is not None:
         every_bh = tuple(f"{r}-s{x}" for r in BH_PRESETS for x in cfg.seeds)
