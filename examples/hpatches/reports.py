@@ -17,21 +17,23 @@ from tripletkit_hpatches.published import published_table
 from tripletkit_hpatches.stages.data import class_labels
 from tripletkit_hpatches.stages.evaluate import OURS, Evaluation
 
-__all__ = ["write_results", "comparison_figure", "tsne_figure", "curves", "experiments_table"]
+__all__ = ["save_figure", "pyplot", "write_results", "comparison_figure", "tsne_figure", "curves", "experiments_table"]
 
 TASKS = ("verification", "matching", "retrieval")
 
 
-def _save(fig, path: Path) -> None:
-    """A figure, written atomically (a kill leaves the previous file or none, never half a PNG)."""
+def save_figure(fig, path: Path, tight: bool = False) -> None:
+    """A figure as PNG, written atomically (a kill leaves the previous file or none, never half a PNG). ``tight``
+    crops to what is drawn (long tick labels outside the axes)."""
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
+    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight" if tight else None)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display on a training machine)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +72,7 @@ def write_results(cfg: Config, ds: PatchDataset, ev: Evaluation) -> str:
 def comparison_figure(measured: dict[str, dict], published: list[dict], path: Path, split: str) -> None:
     """One panel per task: the descriptors measured in this run (solid) and the published ones (hatched, labelled
     "published"), sorted by score; mAP in %."""
-    plt = _plt()
+    plt = pyplot()
     rows = [(name, {t: 100 * r[t] for t in TASKS}, False) for name, r in measured.items()]
 
     def short(name: str) -> str:  # the full names and sources are in results.md
@@ -98,7 +100,7 @@ def comparison_figure(measured: dict[str, dict], published: list[dict], path: Pa
     fig.suptitle(f"HPatches split {split}: this run (solid) beside published results (hatched)")
     fig.tight_layout()
     fig.subplots_adjust(wspace=0.75)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -117,14 +119,14 @@ def tsne_figure(cfg: Config, ds: PatchDataset, ev: Evaluation) -> None:
     xy = TSNE(n_components=2, perplexity=min(30, len(batch) - 1) / 2, init="pca", random_state=cfg.seed).fit_transform(
         emb
     )
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(xy[:, 0], xy[:, 1], c=np.repeat(np.arange(len(batch) // k), k), cmap="tab20", s=18)
     ax.set_title(f"t-SNE of one {len(batch) // k}×{k} test batch")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    _save(fig, cfg.out / "tsne.png")
+    save_figure(fig, cfg.out / "tsne.png")
     plt.close(fig)
 
 
@@ -132,7 +134,7 @@ def curves(out: Path) -> None:
     """``curves.png``: the denoiser's L1, the descriptor's loss with its batch size, the matching-mAP curve."""
     import pandas as pd
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     if (out / "denoise_log.csv").exists():
         d = pd.read_csv(out / "denoise_log.csv")
@@ -153,7 +155,7 @@ def curves(out: Path) -> None:
             axes[2].plot(d.step, d.matching_map, marker="o")
         axes[2].set(xlabel="step", ylabel="matching mAP", title="matching mAP (3 test sequences × 500 patches)")
     fig.tight_layout()
-    _save(fig, out / "curves.png")
+    save_figure(fig, out / "curves.png")
     plt.close(fig)
 
 
@@ -193,7 +195,7 @@ def experiments_table(out: Path, table: dict[str, dict]) -> str:
         out / "experiments.json",
         json.dumps({r[0] + ("" if r[0] in table else f" ({r[1]})"): dict(zip(TASKS, r[6:])) for r in rows}, indent=1),
     )
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
@@ -203,6 +205,6 @@ def experiments_table(out: Path, table: dict[str, dict]) -> str:
     ax.set_ylabel("mAP")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _save(fig, out / "experiments.png")
+    save_figure(fig, out / "experiments.png")
     plt.close(fig)
     return text

@@ -16,6 +16,7 @@ import pandas as pd
 
 from tripletkit.training import Plateau, atomic_write_text
 from tripletkit_hpatches.config import PRESETS
+from tripletkit_hpatches.reports import pyplot, save_figure
 
 __all__ = ["best_validation", "collect", "selected_evaluation", "targets", "write_report"]
 
@@ -289,7 +290,7 @@ def _remedy_table(fixes: dict[str, dict]) -> str:
 
 
 def _remedy_curves(out: Path, names: list[str], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         folder = out / "runs" / f"remedy-{name}-s0"
@@ -311,27 +312,12 @@ def _remedy_curves(out: Path, names: list[str], path: Path) -> None:
         )
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
     plt.close(fig)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-
-
 def _bars(table: dict, path: Path, augment_from: str | None) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = list(table)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, t in zip(axes, TASKS):
@@ -341,15 +327,17 @@ def _bars(table: dict, path: Path, augment_from: str | None) -> None:
         ax.set_xticks(
             range(len(names)), [_label(n, table[n], augment_from) for n in names], rotation=60, ha="right", fontsize=8
         )
-        ax.set_title(f"{t} mAP (test sequences; bars: mean, whiskers: seed range)")
-    _save(fig, path)
+        ax.set_title(f"{t} mAP")
+    # one title for the three panels: three long ones overlap at this width
+    fig.suptitle("test sequences; bars: mean over the seeds, whiskers: their range (min to max)")
+    save_figure(fig, path, tight=True)
     plt.close(fig)
 
 
 def _curves(out: Path, runs: dict, path: Path) -> None:
     """Per preset (the first seed): the training loss with the batch size of each stage and its stage changes, and
     validation matching mAP over the steps."""
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in LABELS if r in runs]
     fig, axes = plt.subplots(len(rows), 2, figsize=(14, 3 * len(rows)), squeeze=False)
     for (ax, ax2), row in zip(axes, rows):
@@ -379,5 +367,5 @@ def _curves(out: Path, runs: dict, path: Path) -> None:
         ax2.set_title("validation matching mAP (dashed: the selected evaluation)", fontsize=9)
         ax2.set_xlabel("training patches used")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
     plt.close(fig)
