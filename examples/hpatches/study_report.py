@@ -322,14 +322,17 @@ def _bars(table: dict, path: Path, augment_from: str | None) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, t in zip(axes, TASKS):
         means = [table[n][t]["mean"] for n in names]
-        errs = [table[n][t]["spread"] / 2 for n in names]
+        # whiskers from the lowest seed to the highest: with more than two seeds the mean is not their midpoint
+        errs = np.array(
+            [[m - min(table[n][t]["values"]), max(table[n][t]["values"]) - m] for n, m in zip(names, means)]
+        ).T
         ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=["grey", "lightgrey"] + ["C0"] * (len(names) - 2))
         ax.set_xticks(
             range(len(names)), [_label(n, table[n], augment_from) for n in names], rotation=60, ha="right", fontsize=8
         )
         ax.set_title(f"{t} mAP")
     # one title for the three panels: three long ones overlap at this width
-    fig.suptitle("test sequences; bars: mean over the seeds, whiskers: their range (min to max)")
+    fig.suptitle("test sequences; bars: mean over the seeds, whiskers: the lowest seed to the highest")
     save_figure(fig, path, tight=True)
     plt.close(fig)
 
