@@ -450,6 +450,33 @@ def test_validation_split_plateau_stop_and_selection(tiny, tmp_path):
     assert (out / "log.csv").read_text() == before
 
 
+def test_resume_with_plateau_steps_continues_as_if_uninterrupted(tiny, tmp_path):
+    """A run stopped by --plateau, resumed with a --plateau-steps floor its stop did not meet, trains on: exactly as
+    a run that had the floor from the start. Its checkpoint is made a legacy one (no last_step in the plateau's
+    state, as before the floor existed): the last evaluation's step then comes from map_log.csv."""
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST
+    args += ["--steps", "60", "--val-sequences", "1", "--plateau", "2", "--plateau-delta", "0.5", "--patience", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(args + ["--out", str(a)])
+    rows = [r.split(",") for r in (a / "map_log.csv").read_text().splitlines()[1:]]
+    stopped = int(rows[-1][0])
+    assert stopped < 60 and int(rows[-1][0]) - int(rows[0][0]) < 20  # the first value was the best: 2 evaluations on
+    state = torch.load(a / "checkpoint.pt", weights_only=True)
+    for rank in state["ranks"]:
+        assert rank["stateful"]["plateau"].pop("last_step") == stopped
+    torch.save(state, a / "checkpoint.pt")
+    floor = ["--plateau-steps", "20"]
+    main(args + floor + ["--out", str(a), "--resume"])
+    main(args + floor + ["--out", str(b)])
+    for name in ("log.csv", "map_log.csv"):
+        assert (a / name).read_text() == (b / name).read_text()
+    rows = [r.split(",") for r in (b / "map_log.csv").read_text().splitlines()[1:]]
+    assert int(rows[-1][0]) > stopped  # the floor made it train past the old stop
+    best = torch.load(a / "descriptor.pt", weights_only=True)
+    want = torch.load(b / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(best[k], want[k]) for k in want)
+
+
 def test_plateau_needs_validation():
     from tripletkit_hpatches.config import parse
 

@@ -16,7 +16,9 @@ The protocol:
    reaches a plateau (``--plateau`` evaluations without a gain of ``--plateau-delta``), capped at ``--baseline-epochs``.
    The weights of the best validation evaluation are kept.
 4. **Batch hard** steps through the study's stages with the presets' stepping rule; it stops at a validation plateau
-   reached at its last stage, capped at ``--bh-epochs``. BH128 and HardNet's loss start from the same seed's
+   reached at its last stage (``--plateau`` evaluations and at least ``--plateau-steps`` steps without a gain: the
+   evaluations come every ``--eval-patches`` patches, so at batch 1024 four of them are only 117 steps), capped at
+   ``--bh-epochs``. BH128 and HardNet's loss start from the same seed's
    converged baseline; BH1024 and soft BH1024 grow the batch once BH128 has converged, from its selected weights
    (``config.INIT_FROM``).
 5. **Augmentation**: the batch-hard preset with the best mean validation mAP is trained again with
@@ -95,6 +97,7 @@ class StudyConfig:
     eval_patches: int
     plateau: int
     plateau_delta: float
+    plateau_steps: int  # the batch-hard runs' (train.py --plateau-steps)
     stepping: tuple[str, ...]
     augment: bool
     rows: tuple[str, ...]
@@ -153,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau", type=int, default=4)
     p.add_argument("--plateau-delta", type=float, default=0.002)
     p.add_argument(
+        "--plateau-steps",
+        type=int,
+        default=232,
+        help="the batch-hard runs' plateau also needs this many steps without a gain (default 232: 8 evaluations at "
+        "batch 1024, the patience chosen on validation; 4 evaluations are 936 steps at batch 128, see docs/study.md)",
+    )
+    p.add_argument(
         "--stepping",
         default="",
         help="extra train.py flags for every batch-hard run (default none: the presets carry the recommended rule)",
@@ -178,6 +188,8 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         raise SystemExit(f"error: --sequences {ns.sequences} is not a folder (give --sequences or --data)")
     if ns.val_sequences < 1 or ns.plateau < 1:
         raise SystemExit("error: the protocol selects on validation: --val-sequences and --plateau must be >= 1")
+    if ns.plateau_steps < 0:
+        raise SystemExit(f"error: --plateau-steps must be >= 0, got {ns.plateau_steps}")
     if ns.baseline_margin is not None and not 0 < ns.baseline_margin < math.inf:
         raise SystemExit(f"error: --baseline-margin must be a finite number > 0, got {ns.baseline_margin}")
     threads = max(1, (os.cpu_count() or 1) // ns.jobs)
@@ -198,6 +210,7 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         eval_patches=ns.eval_patches,
         plateau=ns.plateau,
         plateau_delta=ns.plateau_delta,
+        plateau_steps=ns.plateau_steps,
         stepping=tuple(ns.stepping.split()),
         augment=not ns.no_augment,
         rows=tuple(ns.rows),
@@ -243,9 +256,12 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
              "--eval-every-patches", str(cfg.eval_patches), *margin),
         )  # fmt: skip
 
+    # the baselines train at one batch of 50, where --plateau evaluations are thousands of steps: no floor to add
+    steps = ("--plateau-steps", str(cfg.plateau_steps)) if cfg.plateau_steps else ()
+
     def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
         start = cfg.out / "runs" / f"{INIT_FROM[row]}-s{seed}" / "descriptor.pt"
-        return (*common, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
+        return (*common, *steps, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
                 "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
 
     # the order runs start in: what the most rows need first, each row's seeds together

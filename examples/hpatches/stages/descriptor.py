@@ -183,7 +183,13 @@ def descriptor_done(cfg: Config) -> bool:
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     if extra.get("plateaued"):
-        return True
+        if not cfg.plateau:
+            return True
+        # judged again under this invocation's rule: a longer patience continues the run
+        saved = load_checkpoint(cfg.out / "checkpoint.pt")["ranks"][0]["stateful"]["plateau"]
+        plateau = Plateau(cfg.plateau, min_delta=cfg.plateau_delta, min_steps=cfg.plateau_steps)
+        plateau.load_state_dict(saved)
+        return _plateau_stops(plateau, cfg.out / "map_log.csv", extra["step"])
     if cfg.epochs is not None:
         return extra["seen"] >= int(cfg.epochs * extra["train_patches"])
     return extra["step"] >= cfg.steps
@@ -202,6 +208,28 @@ def _check_flags(cfg: Config, saved: dict, path: Path) -> None:
             f"error: --resume with flags that differ from {path}'s run (pass --allow-changed-flags to continue anyway):\n  "
             + "\n  ".join(changed)
         )
+
+
+def _plateau_stops(plateau: Plateau, map_log: Path, step: int) -> bool:
+    """Whether a restored plateau count (checkpointed at ``step``) stops the run under its rule now. A checkpoint
+    from before the count kept its last evaluation's step takes it from ``map_log.csv``."""
+    if plateau.evaluations and plateau.last_step is None:
+        plateau.load_state_dict(plateau.state_dict(), last_step=_last_evaluation(map_log, step))
+    return plateau.plateaued
+
+
+def _last_evaluation(map_log: Path, step: int) -> int:
+    """The step of the last validation evaluation up to ``step`` in ``map_log.csv`` (a checkpoint's plateau count
+    was taken there)."""
+    steps = []
+    if map_log.exists():
+        steps = [int(r.split(",")[0]) for r in map_log.read_text().splitlines()[1:] if r.split(",")[0].isdigit()]
+    steps = [s for s in steps if s <= step]
+    if not steps:
+        raise SystemExit(
+            f"error: the checkpoint counts validation evaluations but {map_log} has none up to step {step}"
+        )
+    return steps[-1]
 
 
 def _rewind_log(path: Path, header: str, step: int) -> None:
@@ -306,7 +334,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         below_factor=cfg.lr_below,
         stage_factors=cfg.stage_lr_factors,
     )
-    plateau = Plateau(cfg.plateau or 1, min_delta=cfg.plateau_delta)
+    plateau = Plateau(cfg.plateau or 1, min_delta=cfg.plateau_delta, min_steps=cfg.plateau_steps)
     gen = torch.Generator().manual_seed(cfg.seed + rt.rank)
     stateful = {"batches": batches, "augment_rng": gen, "probe": probe, "stage_lr": stage_lr, "plateau": plateau}
     if hasattr(getattr(loss_fn, "miner", None), "state_dict"):
@@ -332,8 +360,11 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     budget = None if cfg.epochs is None else int(cfg.epochs * len(labels))
     evaluating = cfg.eval_every > 0 or cfg.eval_every_patches > 0
     curve = curve_patches(split, den, cfg.val_patches) if rt.main and evaluating else None
-    plateaued = bool(extra.get("plateaued")) if extra else False
     last_stage = len(batches.scheduler.stages) - 1
+    plateaued = bool(extra.get("plateaued")) if extra else False
+    if extra and cfg.plateau:
+        # judged again under this invocation's rule: a resume with a longer patience continues a stopped run
+        plateaued = _plateau_stops(plateau, map_log, step) and batches.stage == last_stage
     # on XLA the curve runs in chunks of the probe's size: the eval graph the probe compiled serves both
     describe_batch = len(idx) if rt.xla else 1024
     net.train()
