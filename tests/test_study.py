@@ -120,11 +120,20 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
     assert after["step"] > before["step"] and after["seen"] >= int(0.12 * after["train_patches"]) > before["seen"]
     assert (runs / "bh128-s0" / "log.csv").read_text().startswith(log_before)
     # a baseline that would train further under rows that already started from it is refused, before anything runs
+    # (a larger budget and a longer patience: whether it stopped at its cap or on its plateau, it would go on)
     base = [*longer[: longer.index("--baseline-epochs")], "--baseline-epochs", "0.2"]
     base += longer[longer.index("--baseline-epochs") + 2 :]
+    base = [*base[: base.index("--plateau")], "--plateau", "50", *base[base.index("--plateau") + 2 :]]
     refused = _study([*base, "--rows", "bh128"])
     assert refused.returncode != 0
     assert "baseline-s0 would train further under the new flags, but bh128-s0 already trained" in refused.stderr
+    # a changed stopping rule that the start had met anyway (bh128-s0 stopped at its cap) only evaluates it again:
+    # not refused, and its weights are the ones bh1024 started from
+    weights = (runs / "bh128-s0" / "descriptor.pt").read_bytes()
+    floor = _study([*longer, "--plateau-steps", "7", "--rows", "bh1024"])
+    assert floor.returncode == 0, floor.stdout[-3000:] + floor.stderr[-3000:]
+    assert "[study] start bh128-s0" in floor.stdout and (runs / "bh128-s0" / "descriptor.pt").read_bytes() == weights
+    assert trained("bh128-s0")["step"] == after["step"]
 
 
 def test_study_refuses_a_protocol_without_validation(small, tmp_path):

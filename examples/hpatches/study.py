@@ -335,13 +335,27 @@ def _done(cfg: StudyConfig, run: Run) -> bool:
     return record is not None and _recorded_flags(record) == list(run.flags)
 
 
+def _would_train(cfg: StudyConfig, run: Run) -> bool:
+    """Whether ``run``, finished under other flags, would train further under the plan's (a larger budget, a
+    longer patience), or only be evaluated again (a changed stopping rule it had met anyway): train.py's own test."""
+    from tripletkit_hpatches.config import parse
+    from tripletkit_hpatches.stages.descriptor import descriptor_done
+
+    return not descriptor_done(parse([*run.flags, "--out", str(cfg.out / "runs" / run.name), "--resume"]))
+
+
 def _check_starts(cfg: StudyConfig, runs: list[Run]) -> None:
     """A run whose start (an ``after`` run) would train further, while the run itself already trained from that
     start, would continue from weights that no longer match its start: refused, with the way out."""
     for run in runs:
         if (cfg.out / "runs" / run.name / "checkpoint.pt").exists():
             for name, start in ((a, next((r for r in runs if r.name == a), None)) for a in run.after):
-                if start is not None and _record(cfg, name) is not None and not _done(cfg, start):
+                if (
+                    start is not None
+                    and _record(cfg, name) is not None
+                    and not _done(cfg, start)
+                    and _would_train(cfg, start)
+                ):
                     raise SystemExit(
                         f"error: {name} would train further under the new flags, but {run.name} already trained "
                         f"from its weights; use a new --out (or keep {name}'s budget)"
