@@ -460,7 +460,7 @@ def test_resume_with_plateau_steps_continues_as_if_uninterrupted(tiny, tmp_path)
     main(args + ["--out", str(a)])
     rows = [r.split(",") for r in (a / "map_log.csv").read_text().splitlines()[1:]]
     stopped = int(rows[-1][0])
-    assert stopped < 60 and int(rows[-1][0]) - int(rows[0][0]) < 20  # the first value was the best: 2 evaluations on
+    assert stopped < 60  # stopped by the plateau, not the step budget
     state = torch.load(a / "checkpoint.pt", weights_only=True)
     for rank in state["ranks"]:
         assert rank["stateful"]["plateau"].pop("last_step") == stopped

@@ -179,14 +179,16 @@ def descriptor_done(cfg: Config) -> bool:
         )
         return False
     try:
-        extra = load_checkpoint(cfg.out / "checkpoint.pt")["extra"]
+        state = load_checkpoint(cfg.out / "checkpoint.pt")
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    extra = state["extra"]
     if extra.get("plateaued"):
         if not cfg.plateau:
             return True
-        # judged again under this invocation's rule: a longer patience continues the run
-        saved = load_checkpoint(cfg.out / "checkpoint.pt")["ranks"][0]["stateful"]["plateau"]
+        # judged again under this invocation's rule: a longer patience continues the run (plateaued was only
+        # recorded at the last stage, so the stage needs no second look)
+        saved = state["ranks"][0]["stateful"]["plateau"]
         plateau = Plateau(cfg.plateau, min_delta=cfg.plateau_delta, min_steps=cfg.plateau_steps)
         plateau.load_state_dict(saved)
         return _plateau_stops(plateau, cfg.out / "map_log.csv", extra["step"])
