@@ -646,3 +646,51 @@ def test_margin_temperature_reaches_the_loss_and_is_checked(tiny, tmp_path):
     ):
         with pytest.raises(SystemExit, match=message):
             parse([*base, *bad])
+
+
+def test_weight_ema_saves_the_average_and_leaves_the_training_alone(tiny, tmp_path, monkeypatch):
+    """--weight-ema D: descriptor.pt is the moving average of the raw weights after each step (restated here in
+    NumPy from the weights the loop handed over), the training (log.csv, the checkpoint's model) is the run
+    without it, and an interrupted run resumes to the same average."""
+    import tripletkit_hpatches.stages.descriptor as stage
+    from tripletkit.training import WeightEMA
+    from tripletkit_hpatches.models import L2Net
+
+    handed: list[dict[str, np.ndarray]] = []
+
+    class Recording(WeightEMA):
+        def update(self, model):
+            handed.append({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()})
+            super().update(model)
+
+    args = ["--data", str(tiny), "--stages", "denoise,descriptor"] + FAST
+    main(args + ["--out", str(tmp_path / "plain")])
+    monkeypatch.setattr(stage, "WeightEMA", Recording)
+    main(args + ["--out", str(tmp_path / "a"), "--weight-ema", "0.5"])
+    assert len(handed) == 6
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "plain" / "log.csv").read_text()
+    raw = torch.load(tmp_path / "plain" / "descriptor.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(raw[k], ckpt[k]) for k in raw)
+    saved = torch.load(tmp_path / "a" / "descriptor.pt", weights_only=True)
+    torch.manual_seed(0)  # the run's seed (--seed 0) draws L2Net's initial weights first
+    init = {k: v.numpy().astype(np.float64) for k, v in L2Net().state_dict().items()}
+    for k, v in saved.items():
+        if not v.is_floating_point():
+            assert torch.equal(v, raw[k])  # counters are copied
+            continue
+        avg = init[k]
+        for n, weights in enumerate(handed):
+            d = min(0.5, (1 + n) / (10 + n))
+            avg = d * avg + (1 - d) * weights[k].astype(np.float64)
+        np.testing.assert_allclose(v.numpy(), avg, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not all(torch.equal(saved[k], raw[k]) for k in raw)
+    monkeypatch.setattr(stage, "WeightEMA", WeightEMA)
+    main(args + ["--out", str(tmp_path / "b"), "--weight-ema", "0.5", "--steps", "3"])
+    main(args + ["--out", str(tmp_path / "b"), "--weight-ema", "0.5", "--resume"])
+    b = torch.load(tmp_path / "b" / "descriptor.pt", weights_only=True)
+    assert all(torch.equal(saved[k], b[k]) for k in saved)
+    with pytest.raises(SystemExit, match="--weight-ema: 0.5 in the checkpoint, 0.0 now"):
+        main(args + ["--out", str(tmp_path / "b"), "--resume", "--steps", "9"])
+    with pytest.raises(SystemExit, match=r"--weight-ema must be in \[0, 1\)"):
+        main(args + ["--out", str(tmp_path / "c"), "--weight-ema", "1"])

@@ -159,6 +159,7 @@ TRAINING_FLAGS = (
     "loss",
     "threshold_factor",
     "batch_groups",
+    "weight_ema",
 )
 # what a checkpoint written before a training flag existed trained with
 LEGACY_FLAG_VALUES: dict[str, Any] = {
@@ -176,6 +177,7 @@ LEGACY_FLAG_VALUES: dict[str, Any] = {
     "threshold_factor": 1.0,
     "batch_groups": "none",
     "margin_temperature": 1.0,
+    "weight_ema": 0.0,
 }
 
 # the values of the preset-able flags when neither the flag nor a preset gives one
@@ -194,6 +196,7 @@ DEFAULTS: dict[str, Any] = dict(
     stages_sk="16x2,16x4,32x4",
     stage_lr_factors=None,
     scheduler="stepped_batch",
+    weight_ema=0.0,
 )
 
 
@@ -381,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="cross-batch memory (XBM): mine each batch against the last N training embeddings (0: off)",
     )
+    g.add_argument(
+        "--weight-ema",
+        type=float,
+        default=None,
+        help="evaluate, select and save an exponential moving average of the weights with this decay (0: off, the "
+        "raw weights; 0.99 averages about the last 100 steps); the training itself is unchanged",
+    )
     g.add_argument("--checkpoint-every", type=int, default=50)
     g.add_argument("--monitor-every", type=int, default=50, help="collapse check on a fixed probe batch (eval mode)")
     g.add_argument(
@@ -460,6 +470,7 @@ class Config:
     stage_lr_warmup: int
     lr_below: float
     stage_lr_factors: tuple[float, ...] | None  # None: 1 for every stage
+    weight_ema: float  # 0: the raw weights are evaluated and saved
     shared_denoise: bool = False  # set by --experiment all: the denoiser output was copied from another preset
 
     def replace(self, **changes: Any) -> Config:
@@ -578,8 +589,9 @@ def resolve(ns: argparse.Namespace, **overrides: Any) -> Config:
         )
     if not (math.isfinite(values["threshold_factor"]) and values["threshold_factor"] > 0):
         raise SystemExit(f"error: --threshold-factor must be a finite number > 0, got {values['threshold_factor']}")
-    if not 0 <= values["smoothing"] < 1:
-        raise SystemExit(f"error: --smoothing must be in [0, 1), got {values['smoothing']}")
+    for name in ("smoothing", "weight_ema"):
+        if not 0 <= values[name] < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be in [0, 1), got {values[name]}")
     if values["plateau_steps"] and not values["plateau"]:
         raise SystemExit("error: --plateau-steps lengthens a --plateau: it needs --plateau N")
     if values["plateau"] and not values["val_sequences"]:

@@ -9,6 +9,8 @@
   absolute and relative thresholds, warm-up), and which evaluation was best.
 * [`StageLR`][tripletkit.training.stage_lr.StageLR]: the learning rate per stage (a lower rate at a stage's
   start, a higher one once the loss is under the collapse value): the study's remedies for a stage that stalls.
+* [`WeightEMA`][tripletkit.training.weight_ema.WeightEMA]: an exponential moving average of the weights, to
+  evaluate, select and save instead of the raw weights.
 * [`CollapseProbe`][tripletkit.training.probe.CollapseProbe] and [`probe_indices()`][tripletkit.training.probe.probe_indices]: a fixed probe batch judged in eval mode by a collapse monitor.
 * [`TrainingCheckpoint`][tripletkit.training.checkpoint.TrainingCheckpoint]: model, optimiser, batches, miner RNGs, every global RNG and each rank's own state,
   written atomically and loaded without unpickling code.
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .probe import CollapseProbe, probe_indices
     from .rng import rng_state, set_rng_state
     from .stage_lr import StageLR
+    from .weight_ema import WeightEMA
 
 _LAZY = {
     "atomic_open": ".atomic",
@@ -68,6 +71,7 @@ _LAZY = {
     "rng_state": ".rng",
     "set_rng_state": ".rng",
     "StageLR": ".stage_lr",
+    "WeightEMA": ".weight_ema",
 }
 
 
@@ -92,6 +96,7 @@ __all__ = [
     "StageLR",
     "SteppedBatches",
     "TrainingCheckpoint",
+    "WeightEMA",
     "atomic_open",
     "atomic_save",
     "atomic_write_bytes",

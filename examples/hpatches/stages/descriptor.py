@@ -24,6 +24,7 @@ from tripletkit.training import (
     StageLR,
     SteppedBatches,
     TrainingCheckpoint,
+    WeightEMA,
     atomic_save,
     atomic_write_text,
     init_optimizer_state,
@@ -267,6 +268,9 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         except (OSError, RuntimeError) as e:
             raise SystemExit(f"error: --init-descriptor {cfg.init_descriptor}: {e}") from None
     model = model.to(device).to(memory_format=torch.channels_last)
+    # the averaged weights are what the run evaluates, selects and saves; the raw ones are what it trains
+    ema = WeightEMA(model, cfg.weight_ema) if cfg.weight_ema else None
+    scored = ema.module if ema is not None else model
     net = rt.wrap(model)  # DDP broadcasts rank 0's initial weights
     if rt.ddp:  # different dropout masks on each replica from here on
         rt.manual_seed(cfg.seed + rt.rank)
@@ -345,6 +349,8 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
         stateful["offline"] = offline
     if xbm is not None:
         stateful["memory"] = xbm
+    if ema is not None:
+        stateful["weight_ema"] = ema
     ckpt = TrainingCheckpoint(cfg.out / "checkpoint.pt", model=model, optimizer=opt, stateful=stateful, device=device)
     try:
         if cfg.resume and ckpt.exists():  # the flags first: a changed miner also changes what state there is
@@ -403,6 +409,8 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             losses.append(loss)  # before the step boundary: the buffer's update is part of the step's graph
             rt.end_step()
             step += 1
@@ -439,14 +447,14 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
                         postfix["spread"] = f"{stats.mean_distance:.3f}"
                 bar.set_postfix(postfix)
             if curve_due:
-                describe_fn = model_descriptors(model, batch_size=describe_batch, device=device)
+                describe_fn = model_descriptors(scored, batch_size=describe_batch, device=device)
                 score = evaluate_matching(describe(curve, describe_fn), curve)["mean"]
-                model.train()
+                model.train()  # (the average stays in eval mode)
                 with map_log.open("a") as m:
                     m.write(f"{step},{score:.6f},{batches.stage},{batches.batch_size * rt.world}\n")
                 if cfg.plateau:
                     if plateau.improves(score):  # model selection on validation: the best weights so far
-                        atomic_save(model.state_dict(), cfg.out / "descriptor_best.pt")
+                        atomic_save(scored.state_dict(), cfg.out / "descriptor_best.pt")
                     plateau.update(score, step)
                     # the stopping rule waits for the last batch stage: a plateau at a small batch is not the method's
                     plateaued = plateau.plateaued and batches.stage == last_stage
@@ -469,7 +477,7 @@ def run_descriptor(cfg: Config, ds: PatchDataset, split: dict[str, list[str]], r
     if rt.main:
         best = cfg.out / "descriptor_best.pt"
         if cfg.plateau and best.exists():  # selected by validation mAP; the last weights are kept beside it
-            atomic_save(model.state_dict(), cfg.out / "descriptor_last.pt")
+            atomic_save(scored.state_dict(), cfg.out / "descriptor_last.pt")
             atomic_save(torch.load(best, weights_only=True, map_location="cpu"), cfg.out / "descriptor.pt")
         else:
-            atomic_save(model.state_dict(), cfg.out / "descriptor.pt")
+            atomic_save(scored.state_dict(), cfg.out / "descriptor.pt")
