@@ -14,7 +14,8 @@ The protocol:
    differ only in the descriptor's training. One set of task files is written for the test sequences and shared too.
 3. **Baselines** (random triplets, SGD 0.1; hinge margin 0.1 and soft margin) train until validation matching mAP
    reaches a plateau (``--plateau`` evaluations without a gain of ``--plateau-delta``), capped at ``--baseline-epochs``.
-   The weights of the best validation evaluation are kept.
+   The weights of the best validation evaluation are kept (the last one that beat the best before it by
+   ``--plateau-delta``).
 4. **Batch hard** steps through the study's stages with the presets' stepping rule; it stops at a validation plateau
    reached at its last stage (``--plateau`` evaluations and at least ``--plateau-steps`` steps without a gain: the
    evaluations come every ``--eval-patches`` patches, so at batch 1024 four of them are only 117 steps), capped at

@@ -63,13 +63,18 @@ def _descriptor_intervals(snaps, steps):
     return {k: tuple(b - a for a, b in zip(snaps[base + k - 1], snaps[base + k])) for k in range(1, steps + 1)}
 
 
-@pytest.mark.parametrize("judge_every", [1, 4])
-def test_a_steady_state_step_is_one_graph_and_at_most_one_transfer(tiny, tmp_path, step_counts, judge_every):
+@pytest.mark.parametrize(
+    "judge_every, extra",
+    [(1, []), (4, []), (4, ["--weight-ema", "0.99"])],
+    ids=["judge-1", "judge-4", "judge-4-weight-ema"],  # the average's update is part of the step's one graph
+)
+def test_a_steady_state_step_is_one_graph_and_at_most_one_transfer(tiny, tmp_path, step_counts, judge_every, extra):
     steps = 14
     main(
         ["--data", str(tiny), "--out", str(tmp_path), "--stages", "denoise,descriptor", "--stages-sk", "4x2"]
         + ["--steps", str(steps), "--judge-every", str(judge_every), "--checkpoint-every", "100"]
         + ["--monitor-every", "100", "--eval-every", "0"]
+        + extra
         + COMMON
     )
     per_step = _descriptor_intervals(step_counts, steps)
