@@ -18,6 +18,7 @@ SMALL = [
     "--denoise-steps", "2",
     "--baseline-epochs", "0.04",
     "--bh-epochs", "0.04",
+    "--bh1024-epochs", "0.04",
     "--remedy-epochs", "0.03",
     "--eval-patches", "100",
     "--plateau", "1",
@@ -134,6 +135,32 @@ def test_study_part_selection_table_and_resume(small, tmp_path):
     assert floor.returncode == 0, floor.stdout[-3000:] + floor.stderr[-3000:]
     assert "[study] start bh128-s0" in floor.stdout and (runs / "bh128-s0" / "descriptor.pt").read_bytes() == weights
     assert trained("bh128-s0")["step"] == after["step"]
+
+
+def test_the_1024_rows_have_their_own_cap(tmp_path):
+    """--bh-epochs caps BH128, --bh1024-epochs every batch-hard row whose last stage is batch 1024 (an augmentation
+    row by the preset it repeats); the baselines and the remedy runs keep theirs."""
+    from tripletkit_hpatches import study
+
+    ns = study.build_parser().parse_args(
+        ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--bh-epochs", "3", "--bh1024-epochs", "5",
+         "--baseline-epochs", "2", "--remedy-epochs", "0.25"]
+    )  # fmt: skip
+    cfg = study.resolve(ns)
+
+    def caps(augment_from):
+        runs = study.plan(cfg, tmp_path, augment_from)
+        return {r.name: r.flags[r.flags.index("--epochs") + 1] for r in runs}
+
+    got = caps("soft-bh1024")
+    want = {"baseline": "2", "soft-baseline": "2", "bh128": "3", "bh1024": "5", "soft-bh1024": "5", "hardnet": "5"}
+    want |= {"augment-random": "5", "augment-pair": "5", "remedy-none": "0.25"}
+    for row, cap in want.items():
+        assert float(got[f"{row}-s0"]) == float(cap), row
+    assert float(caps("bh128")["augment-pair-s1"]) == 3.0  # augmentation of BH128 keeps BH128's cap
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit, match="--bh1024-epochs must be a finite number > 0"):
+            study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--bh1024-epochs", bad]))
 
 
 def test_study_refuses_a_protocol_without_validation(small, tmp_path):

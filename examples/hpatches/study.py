@@ -19,7 +19,8 @@ The protocol:
 4. **Batch hard** steps through the study's stages with the presets' stepping rule; it stops at a validation plateau
    reached at its last stage (``--plateau`` evaluations and at least ``--plateau-steps`` steps without a gain: the
    evaluations come every ``--eval-patches`` patches, so at batch 1024 four of them are only 117 steps), capped at
-   ``--bh-epochs``. BH128 and HardNet's loss start from the same seed's
+   ``--bh-epochs`` for BH128 and ``--bh1024-epochs`` for the rows whose last stage is batch 1024 (an epoch is 8 times
+   fewer steps there). BH128 and HardNet's loss start from the same seed's
    converged baseline; BH1024 and soft BH1024 grow the batch once BH128 has converged, from its selected weights
    (``config.INIT_FROM``).
 5. **Augmentation**: the batch-hard preset with the best mean validation mAP is trained again with
@@ -94,6 +95,7 @@ class StudyConfig:
     baseline_epochs: float
     baseline_margin: float | None  # None: the preset's (0.1), no flag
     bh_epochs: float
+    bh1024_epochs: float  # the cap of the batch-hard rows whose last stage is batch 1024
     remedy_epochs: float
     eval_patches: int
     plateau: int
@@ -147,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the batch-hard runs' cap (BH1024 needed about 840,000 patches, 2.85 epochs, to its plateau; "
         "BH128 was still rising at 1.5, see docs/study.md)",
     )
+    p.add_argument(
+        "--bh1024-epochs",
+        type=float,
+        default=5.0,
+        help="the cap of the batch-hard rows whose last stage is batch 1024 (BH1024, soft BH1024, HardNet's loss "
+        "and the augmentation rows that repeat one of them): an epoch is 8x fewer steps at 1024 than at BH128's "
+        "128, and at 3 epochs BH1024 seed 0 and both HardNet runs ended at the cap, still rising (docs/study.md)",
+    )
     p.add_argument("--remedy-epochs", type=float, default=0.25, help="the remedy runs' fixed length")
     p.add_argument(
         "--eval-patches",
@@ -189,6 +199,10 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         raise SystemExit(f"error: --sequences {ns.sequences} is not a folder (give --sequences or --data)")
     if ns.val_sequences < 1 or ns.plateau < 1:
         raise SystemExit("error: the protocol selects on validation: --val-sequences and --plateau must be >= 1")
+    for name in ("baseline_epochs", "bh_epochs", "bh1024_epochs", "remedy_epochs"):
+        value = getattr(ns, name)
+        if not 0 < value < math.inf:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be a finite number > 0, got {value}")
     if ns.plateau_steps < 0:
         raise SystemExit(f"error: --plateau-steps must be >= 0, got {ns.plateau_steps}")
     if ns.baseline_margin is not None and not 0 < ns.baseline_margin < math.inf:
@@ -207,6 +221,7 @@ def resolve(ns: argparse.Namespace) -> StudyConfig:
         baseline_epochs=ns.baseline_epochs,
         baseline_margin=ns.baseline_margin,
         bh_epochs=ns.bh_epochs,
+        bh1024_epochs=ns.bh1024_epochs,
         remedy_epochs=ns.remedy_epochs,
         eval_patches=ns.eval_patches,
         plateau=ns.plateau,
@@ -262,7 +277,8 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
 
     def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
         start = cfg.out / "runs" / f"{INIT_FROM[row]}-s{seed}" / "descriptor.pt"
-        return (*common, *steps, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cfg.bh_epochs),
+        cap = cfg.bh1024_epochs if last_batch(row) >= 1024 else cfg.bh_epochs
+        return (*common, *steps, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cap),
                 "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
 
     # the order runs start in: what the most rows need first, each row's seeds together
@@ -287,6 +303,14 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
         )  # fmt: skip
         runs.append(Run(f"remedy-{name}", seed, remedy, after=(f"baseline-s{seed}",)))
     return runs
+
+
+def last_batch(preset: str) -> int:
+    """The batch size (S × K) of a train.py preset's last stage."""
+    from tripletkit_hpatches.config import PRESETS
+
+    s, k = PRESETS[preset]["stages_sk"].split(",")[-1].split("x")
+    return int(s) * int(k)
 
 
 def _part(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
