@@ -142,11 +142,9 @@ def test_the_1024_rows_have_their_own_cap(tmp_path):
     row by the preset it repeats); the baselines and the remedy runs keep theirs."""
     from tripletkit_hpatches import study
 
-    ns = study.build_parser().parse_args(
-        ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--bh-epochs", "3", "--bh1024-epochs", "5",
-         "--baseline-epochs", "2", "--remedy-epochs", "0.25"]
-    )  # fmt: skip
-    cfg = study.resolve(ns)
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--bh-epochs", "3", "--bh1024-epochs", "5",
+            "--baseline-epochs", "2", "--remedy-epochs", "0.25"]  # fmt: skip
+    cfg = study.resolve(study.build_parser().parse_args(argv))
 
     def caps(augment_from):
         runs = study.plan(cfg, tmp_path, augment_from)
@@ -158,6 +156,9 @@ def test_the_1024_rows_have_their_own_cap(tmp_path):
     for row, cap in want.items():
         assert float(got[f"{row}-s0"]) == float(cap), row
     assert float(caps("bh128")["augment-pair-s1"]) == 3.0  # augmentation of BH128 keeps BH128's cap
+    # the cap follows the stages train.py will run: a --stages-sk given through --stepping, ending at 128 for every row
+    cfg = study.resolve(study.build_parser().parse_args([*argv, "--stepping", "--stages-sk 32x2,64x2"]))
+    assert float(caps("soft-bh1024")["bh1024-s0"]) == 3.0
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(SystemExit, match="--bh1024-epochs must be a finite number > 0"):
             study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--bh1024-epochs", bad]))

@@ -118,8 +118,10 @@ def test_bad_model_and_mismatched_states_are_clear_errors():
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         WeightEMA(torch.zeros(3), 0.9)  # type: ignore[arg-type]
     ema = WeightEMA(torch.nn.Linear(3, 2), 0.9)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"weight: torch.float32 \(3, 3\) in the model"):
         ema.update(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="torch.float64 .* in the model, torch.float32"):
+        ema.update(torch.nn.Linear(3, 2).double())
     with pytest.raises(ValueError, match="missing"):
         ema.update(torch.nn.Linear(3, 2, bias=False))
     with pytest.raises(ValueError, match="decay 0.5, this average 0.9"):

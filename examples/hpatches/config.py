@@ -196,7 +196,6 @@ DEFAULTS: dict[str, Any] = dict(
     stages_sk="16x2,16x4,32x4",
     stage_lr_factors=None,
     scheduler="stepped_batch",
-    weight_ema=0.0,
 )
 
 
@@ -387,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--weight-ema",
         type=float,
-        default=None,
+        default=0.0,
         help="evaluate, select and save an exponential moving average of the weights with this decay (0: off, the "
         "raw weights; 0.99 averages about the last 100 steps); the training itself is unchanged",
     )

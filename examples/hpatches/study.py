@@ -277,7 +277,7 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
 
     def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
         start = cfg.out / "runs" / f"{INIT_FROM[row]}-s{seed}" / "descriptor.pt"
-        cap = cfg.bh1024_epochs if last_batch(row) >= 1024 else cfg.bh_epochs
+        cap = cfg.bh1024_epochs if last_batch((*cfg.stepping, "--experiment", row, *extra)) >= 1024 else cfg.bh_epochs
         return (*common, *steps, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cap),
                 "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
 
@@ -305,12 +305,13 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
     return runs
 
 
-def last_batch(preset: str) -> int:
-    """The batch size (S × K) of a train.py preset's last stage."""
-    from tripletkit_hpatches.config import PRESETS
+def last_batch(flags: tuple[str, ...]) -> int:
+    """The batch size (S × K) of the last stage that train.py runs with ``flags`` (the preset's, or a
+    ``--stages-sk`` given through ``--stepping``)."""
+    from tripletkit_hpatches.config import parse
 
-    s, k = PRESETS[preset]["stages_sk"].split(",")[-1].split("x")
-    return int(s) * int(k)
+    s, k = parse(list(flags)).stages_sk[-1]
+    return s * k
 
 
 def _part(cfg: StudyConfig, runs: list[Run]) -> list[Run]:

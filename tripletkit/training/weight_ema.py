@@ -17,6 +17,11 @@ training never reads it, so the trajectory of the raw weights is the same with a
 ``state_dict()`` / ``load_state_dict()`` carry it across a resume (tensors and an integer: a checkpoint that loads
 with ``weights_only=True``).
 
+Why not ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``: its first update copies the model
+and then applies one fixed decay (no warm-up), and with ``use_buffers=True`` it passes integer buffers through the
+float formula, so BatchNorm's ``num_batches_tracked`` drifts from the model's (3 against 5 after five forward passes
+and three updates, torch 2.9); without ``use_buffers`` the running statistics are not averaged at all.
+
 Example::
 
     >>> import torch
@@ -76,8 +81,10 @@ class WeightEMA:
         avg, new, copied = [], [], []
         for name, a in mine.items():
             b = theirs[name]
-            if a.shape != b.shape:
-                raise ValueError(f"{name}: shape {tuple(b.shape)} in the model, {tuple(a.shape)} in the average")
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise ValueError(
+                    f"{name}: {b.dtype} {tuple(b.shape)} in the model, {a.dtype} {tuple(a.shape)} in the average"
+                )
             if a.is_floating_point():
                 avg.append(a.detach())
                 new.append(b.detach())
@@ -91,7 +98,7 @@ class WeightEMA:
         d = self.decay_at(self.updates)
         avg, new, copied = self._pairs(model)
         # one fused kernel over every tensor (a torch-xla step keeps it in its graph)
-        torch._foreach_lerp_(avg, [t.to(a.dtype) for a, t in zip(avg, new)], 1.0 - d)
+        torch._foreach_lerp_(avg, new, 1.0 - d)
         for a, b in copied:
             a.copy_(b)
         self.updates += 1
