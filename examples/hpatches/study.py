@@ -277,9 +277,10 @@ def plan(cfg: StudyConfig, data: Path, augment_from: str | None = None) -> list[
 
     def batch_hard(row: str, seed: int, *extra: str) -> tuple[str, ...]:
         start = cfg.out / "runs" / f"{INIT_FROM[row]}-s{seed}" / "descriptor.pt"
-        cap = cfg.bh1024_epochs if last_batch((*cfg.stepping, "--experiment", row, *extra)) >= 1024 else cfg.bh_epochs
+        training = (*cfg.stepping, "--experiment", row, *extra)
+        cap = cfg.bh1024_epochs if last_batch(training) >= 1024 else cfg.bh_epochs
         return (*common, *steps, "--seed", str(seed), "--init-descriptor", str(start), "--epochs", str(cap),
-                "--eval-every-patches", str(cfg.eval_patches), *cfg.stepping, "--experiment", row, *extra)  # fmt: skip
+                "--eval-every-patches", str(cfg.eval_patches), *training)  # fmt: skip
 
     # the order runs start in: what the most rows need first, each row's seeds together
     runs += [baseline("baseline", seed) for seed in cfg.seeds]
