@@ -159,6 +159,10 @@ def test_the_1024_rows_have_their_own_cap(tmp_path):
     # the cap follows the stages train.py will run: a --stages-sk given through --stepping, ending at 128 for every row
     cfg = study.resolve(study.build_parser().parse_args([*argv, "--stepping", "--stages-sk 32x2,64x2"]))
     assert float(caps("soft-bh1024")["bh1024-s0"]) == 3.0
+    # the protocol's defaults (docs/study.md): 7 epochs for the 1024 rows, at which every run of the table stopped
+    # on its plateau, and 3 for BH128
+    cfg = study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert float(caps("soft-bh1024")["bh1024-s1"]) == 7.0 and float(caps("soft-bh1024")["bh128-s1"]) == 3.0
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(SystemExit, match="--bh1024-epochs must be a finite number > 0"):
             study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--bh1024-epochs", bad]))
