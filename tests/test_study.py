@@ -162,7 +162,8 @@ def test_the_1024_rows_have_their_own_cap(tmp_path):
     # the protocol's defaults (docs/study.md): 7 epochs for the 1024 rows, at which every run of the table stopped
     # on its plateau, and 3 for BH128
     cfg = study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "o")]))
-    assert float(caps("soft-bh1024")["bh1024-s1"]) == 7.0 and float(caps("soft-bh1024")["bh128-s1"]) == 3.0
+    got = caps("soft-bh1024")
+    assert float(got["bh1024-s1"]) == 7.0 and float(got["bh128-s1"]) == 3.0
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(SystemExit, match="--bh1024-epochs must be a finite number > 0"):
             study.resolve(study.build_parser().parse_args(["--data", str(tmp_path), "--bh1024-epochs", bad]))
