@@ -175,4 +175,11 @@ def setup_runtime(device: str, precision: str, compile: bool) -> Runtime:
         raise SystemExit(
             f"error: WORLD_SIZE is {world} but the process group has {got} process(es); each would write as rank 0"
         )
-    return Runtime(dev, pick_precision(precision, dev), compile, dist.get_rank(), dist.get_world_size())
+    rank = dist.get_rank()
+    if device == "xla":
+        import torch_xla.runtime as xr
+
+        # on a host whose launcher runs the replicas as threads of one process (torch-xla's CPU backend, and TPU
+        # v2/v3), they share the process's default group, so its rank is one thread's; the ordinal is each thread's
+        rank = xr.global_ordinal()
+    return Runtime(dev, pick_precision(precision, dev), compile, rank, dist.get_world_size())
