@@ -1,7 +1,8 @@
 """Several XLA replicas, as far as torch-xla's CPU backend allows.
 
-The CPU backend starts one process per device under ``torch_xla.launch`` (``CPU_NUM_DEVICES=2``) and forms the
-``xla`` process group, but its collectives cannot cross processes: each process sees both devices as local and
+On the CPU backend ``torch_xla.launch`` (``CPU_NUM_DEVICES=2``) runs the replicas as threads of one process
+(torch-xla 2.9's ``run_multiprocess`` starts one process for a CPU host and a thread per device) and forms the
+``xla`` process group, but its collectives do not work there: each process sees both devices as local and
 XLA's rendezvous waits for a thread that never comes (we ran it: "Expected 2 threads to join the rendezvous").
 So what runs here is the start of a multi-replica job: `setup_runtime` under the launcher gives each replica its
 rank in a world of 2, and a launcher that hands each process its own world of one is refused before anything is
